@@ -1,0 +1,3 @@
+from k3srotd.cli import main
+
+main()

@@ -1,0 +1,42 @@
+"""One base error; each subclass carries the contract's exit code.
+
+At the CLI boundary a K3srotdError is one line and its exit code; anything else is "unexpected".
+"""
+
+from __future__ import annotations
+
+
+class K3srotdError(Exception):
+    """A known failure: its message is one line that names the path or key and what to do."""
+
+    exit_code = 1
+
+
+class StepFailed(K3srotdError):
+    """The operation failed; the live keys are as they were before it (or restored)."""
+
+    exit_code = 1
+
+
+class ConfigError(K3srotdError):
+    """Usage, configuration or input error."""
+
+    exit_code = 2
+
+
+class SafetyRefusal(K3srotdError):
+    """A safety check refused the operation (grace not passed, not a K3s server, unparsable key file...)."""
+
+    exit_code = 3
+
+
+class LockHeld(K3srotdError):
+    """Another k3srotd holds the lock."""
+
+    exit_code = 4
+
+
+class RollbackFailed(StepFailed):
+    """The step failed and putting the old keys back failed too: a human must act."""
+
+    exit_code = 1
