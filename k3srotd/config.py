@@ -1,0 +1,324 @@
+"""Configuration: /etc/k3srotd/config.yaml, then config.yaml.d/*.yaml in lexical order (K3s's own scheme).
+
+Every key is checked at load: an unknown key, a wrong type or an impossible value is one line naming the key and
+the file (exit 2). K3s's own config is read for data-dir and the kube-apiserver service-account settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from k3srotd.durations import parse_duration
+from k3srotd.errors import ConfigError
+
+DEFAULT_CONFIG = "/etc/k3srotd/config.yaml"
+DEFAULT_K3S_CONFIG = "/etc/rancher/k3s/config.yaml"
+DEFAULT_K3S_DATA_DIR = "/var/lib/rancher/k3s"
+DEFAULT_SERVER_URL = "https://127.0.0.1:6443"
+
+
+@dataclasses.dataclass(frozen=True)
+class K3sSettings:
+    """What k3srotd reads from K3s's config: where its files are and how long its tokens live."""
+
+    data_dir: Optional[str] = None
+    node_name: Optional[str] = None
+    issuer: Optional[str] = None
+    max_token_expiration: Optional[dt.timedelta] = None
+    extend_token_expiration: Optional[bool] = None  # None: not set, K3s's (upstream) default is true
+    sources: tuple[str, ...] = ()
+
+    @property
+    def tokens_may_outlive_grace(self) -> bool:
+        """Admission-injected tokens live a year unless extend is false, and max expiration bounds the rest."""
+        return self.extend_token_expiration is not False or self.max_token_expiration is None
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    k3s_bin: str = "/usr/local/bin/k3s"
+    k3s_config: str = DEFAULT_K3S_CONFIG
+    k3s_data_dir: str = DEFAULT_K3S_DATA_DIR
+    k3s_server_url: str = DEFAULT_SERVER_URL
+    kubeconfig: str = "/etc/rancher/k3s/k3s.yaml"
+    k3s_service: str = "k3s"
+    restart_command: tuple[str, ...] = ("systemctl", "restart", "k3s")
+    restart_timeout: dt.timedelta = dt.timedelta(minutes=5)
+    key_size: int = 2048
+    strategy: str = "staged"
+    publish_wait: dt.timedelta = dt.timedelta(minutes=10)
+    rotation_interval: dt.timedelta = dt.timedelta(days=90)
+    grace_period: dt.timedelta = dt.timedelta(hours=24)
+    maintenance_window: Any = None  # k3srotd.window.MaintenanceWindow, parsed lazily
+    staging_dir: str = "/opt/k3s"
+    state_dir: str = "/var/lib/k3srotd"
+    backup_keep: int = 10
+    verify_api: bool = True
+    log_format: str = "auto"
+    metrics_file: str = ""
+    hooks_dir: str = "/etc/k3srotd/hooks.d"
+    k3s: K3sSettings = K3sSettings()
+    sources: tuple[str, ...] = ()
+
+    # Paths derived from the keys above, named once here.
+    @property
+    def live_key(self) -> Path:
+        return Path(self.k3s_data_dir) / "server" / "tls" / "service.key"
+
+    @property
+    def current_key(self) -> Path:
+        return Path(self.k3s_data_dir) / "server" / "tls" / "service.current.key"
+
+    @property
+    def staging_server_dir(self) -> Path:
+        return Path(self.staging_dir) / "server"
+
+    @property
+    def staging_key(self) -> Path:
+        return self.staging_server_dir / "tls" / "service.key"
+
+    @property
+    def state_file(self) -> Path:
+        return Path(self.state_dir) / "state.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return Path(self.state_dir) / "lock"
+
+    @property
+    def backup_dir(self) -> Path:
+        return Path(self.state_dir) / "backups"
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"expected a string, got {type(v).__name__}")
+    return v
+
+
+def _path(v: Any) -> str:
+    s = _str(v)
+    if s and not s.startswith("/"):
+        raise ValueError(f"{s!r} is not an absolute path")
+    return s
+
+
+def _nonempty_path(v: Any) -> str:
+    s = _path(v)
+    if not s:
+        raise ValueError("must not be empty")
+    return s
+
+
+def _duration(v: Any) -> dt.timedelta:
+    if isinstance(v, bool) or not isinstance(v, (str, int)):
+        raise ValueError(f"expected a duration such as 24h, got {type(v).__name__}")
+    d = parse_duration(str(v) + ("s" if isinstance(v, int) and v != 0 else ""))
+    if d.total_seconds() < 0:
+        raise ValueError("must not be negative")
+    return d
+
+
+def _positive_duration(v: Any) -> dt.timedelta:
+    d = _duration(v)
+    if d.total_seconds() <= 0:
+        raise ValueError("must be longer than 0s")
+    return d
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"expected true or false, got {v!r}")
+    return v
+
+
+def _choice(*allowed: Any) -> Callable[[Any], Any]:
+    def check(v: Any) -> Any:
+        if isinstance(v, bool) or v not in allowed:
+            raise ValueError(f"{v!r} is not one of {', '.join(str(a) for a in allowed)}")
+        return v
+
+    return check
+
+
+def _argv(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
+        raise ValueError("expected a non-empty list of strings (an argv), e.g. [systemctl, restart, k3s]")
+    return tuple(v)
+
+
+def _count(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"expected a whole number of at least 1, got {v!r}")
+    return v
+
+
+def _window(v: Any) -> Any:
+    if v is None:
+        return None
+    from k3srotd.window import MaintenanceWindow
+
+    return MaintenanceWindow.parse(v)
+
+
+def _url(v: Any) -> str:
+    s = _str(v)
+    if not s.startswith("https://"):
+        raise ValueError(f"{s!r} is not an https:// URL")
+    return s
+
+
+# key -> (field name, checker)
+SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "k3s-bin": ("k3s_bin", _nonempty_path),
+    "k3s-config": ("k3s_config", _nonempty_path),
+    "k3s-data-dir": ("k3s_data_dir", _nonempty_path),
+    "k3s-server-url": ("k3s_server_url", _url),
+    "kubeconfig": ("kubeconfig", _nonempty_path),
+    "k3s-service": ("k3s_service", _str),
+    "restart-command": ("restart_command", _argv),
+    "restart-timeout": ("restart_timeout", _positive_duration),
+    "key-size": ("key_size", _choice(2048, 3072, 4096)),
+    "strategy": ("strategy", _choice("staged", "direct")),
+    "publish-wait": ("publish_wait", _duration),
+    "rotation-interval": ("rotation_interval", _positive_duration),
+    "grace-period": ("grace_period", _duration),
+    "maintenance-window": ("maintenance_window", _window),
+    "staging-dir": ("staging_dir", _nonempty_path),
+    "state-dir": ("state_dir", _nonempty_path),
+    "backup-keep": ("backup_keep", _count),
+    "verify-api": ("verify_api", _bool),
+    "log-format": ("log_format", _choice("auto", "journal", "json", "console")),
+    "metrics-file": ("metrics_file", _path),
+    "hooks-dir": ("hooks_dir", _nonempty_path),
+}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror}); fix its permissions or path") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: is not valid YAML{where}; fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must be a YAML mapping of keys such as `grace-period: 24h`")
+    return data
+
+
+def _layered(main: Path, required: bool) -> tuple[dict[str, tuple[Any, str]], list[str]]:
+    """Main file then FILE.d/*.yaml in lexical order; later keys override. Values carry their source file."""
+    merged: dict[str, tuple[Any, str]] = {}
+    sources: list[str] = []
+    files: list[Path] = []
+    if main.exists():
+        files.append(main)
+    elif required:
+        raise ConfigError(f"{main}: does not exist; create it or drop --config")
+    dropin = Path(str(main) + ".d")
+    if dropin.is_dir():
+        files.extend(sorted(p for p in dropin.iterdir() if p.suffix == ".yaml" and p.is_file()))
+    for f in files:
+        sources.append(str(f))
+        for k, v in _read_yaml(f).items():
+            merged[str(k)] = (v, str(f))
+    return merged, sources
+
+
+def load(path: Optional[str] = None, environ: Optional[dict[str, str]] = None) -> Config:
+    env = os.environ if environ is None else environ
+    explicit = path or env.get("K3SROTD_CONFIG")
+    main = Path(explicit or DEFAULT_CONFIG)
+    raw, sources = _layered(main, required=bool(explicit))
+    values: dict[str, Any] = {}
+    for key, (value, src) in raw.items():
+        if key not in SCHEMA:
+            raise ConfigError(f"{src}: unknown key {key!r}; see `man k3srotd` or the README for the keys")
+        field, check = SCHEMA[key]
+        try:
+            values[field] = check(value)
+        except (ValueError, ConfigError) as e:
+            msg = str(e).split(": ", 1)[-1] if isinstance(e, ConfigError) else str(e)
+            raise ConfigError(f"{src}: key {key!r}: {msg}") from None
+    if "restart_command" not in values:
+        values["restart_command"] = ("systemctl", "restart", values.get("k3s_service", "k3s"))
+    k3s = load_k3s_settings(Path(values.get("k3s_config", DEFAULT_K3S_CONFIG)))
+    if "k3s_data_dir" not in values:
+        values["k3s_data_dir"] = k3s.data_dir or DEFAULT_K3S_DATA_DIR
+    cfg = Config(**values, k3s=k3s, sources=tuple(sources))
+    _check_grace(cfg, raw)
+    return cfg
+
+
+def _check_grace(cfg: Config, raw: dict[str, tuple[Any, str]]) -> None:
+    mte = cfg.k3s.max_token_expiration
+    if mte is not None and cfg.grace_period < mte:
+        src = raw["grace-period"][1] if "grace-period" in raw else "the default"
+        raise ConfigError(
+            f"{src}: key 'grace-period' ({cfg.grace_period}) is shorter than K3s's "
+            f"service-account-max-token-expiration ({mte}); tokens would outlive their key. Raise grace-period"
+        )
+
+
+def _bool_text(v: str) -> Optional[bool]:
+    return {"true": True, "false": False}.get(v.strip().lower())
+
+
+def load_k3s_settings(main: Path) -> K3sSettings:
+    """K3s's config.yaml and .d/: keys as its CLI flags; `key+` appends to a list, as K3s does."""
+    try:
+        raw, sources = _layered(main, required=False)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (K3s's config, read for data-dir and kube-apiserver-arg)") from None
+    merged: dict[str, Any] = {}
+    for key, (value, _src) in raw.items():
+        if key.endswith("+"):
+            base = key[:-1]
+            prev = merged.get(base, [])
+            merged[base] = (prev if isinstance(prev, list) else [prev]) + (
+                value if isinstance(value, list) else [value]
+            )
+        else:
+            merged[key] = value
+    args = merged.get("kube-apiserver-arg", [])
+    if isinstance(args, str):
+        args = [args]
+    flags: dict[str, str] = {}
+    for a in args if isinstance(args, list) else []:
+        name, _, val = str(a).lstrip("-").partition("=")
+        flags[name] = val
+    mte = None
+    if "service-account-max-token-expiration" in flags:
+        try:
+            mte = parse_duration(flags["service-account-max-token-expiration"])
+        except ValueError:
+            src = sources[-1] if sources else str(main)
+            raise ConfigError(
+                f"{src}: kube-apiserver-arg service-account-max-token-expiration="
+                f"{flags['service-account-max-token-expiration']!r} is not a duration"
+            ) from None
+    extend = None
+    if "service-account-extend-token-expiration" in flags:
+        extend = _bool_text(flags["service-account-extend-token-expiration"] or "true")
+    data_dir = merged.get("data-dir")
+    node_name = merged.get("node-name")
+    return K3sSettings(
+        data_dir=str(data_dir) if data_dir else None,
+        node_name=str(node_name) if node_name else None,
+        issuer=flags.get("service-account-issuer") or None,
+        max_token_expiration=mte,
+        extend_token_expiration=extend,
+        sources=tuple(sources),
+    )

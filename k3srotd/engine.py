@@ -1,0 +1,190 @@
+"""What the commands and the daemon share: lock, load state, finish an interrupted step, bring the state in
+line with the live file, and run the steps the planner asks for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any, Callable, Optional
+
+from k3srotd import keys, planner
+from k3srotd.clock import Clock
+from k3srotd.config import Config
+from k3srotd.errors import ConfigError, SafetyRefusal
+from k3srotd.k3s import K3s
+from k3srotd.lock import Lock
+from k3srotd.state import State, Store
+from k3srotd.steps import Events, Executor, Progress
+
+
+@dataclasses.dataclass
+class View:
+    """A read-only picture of the node for status, dry runs and doctor: nothing is written to build it."""
+
+    live: keys.KeyFile
+    live_mtime: dt.datetime
+    state: State
+    now: dt.datetime
+    notes: tuple[str, ...]
+
+    @property
+    def phase(self) -> str:
+        return planner.phase(self.state, self.live)
+
+    def next_plan(self, cfg: Config) -> Optional[planner.Plan]:
+        return planner.next_plan(cfg, self.state, self.live, self.now, self.live_mtime)
+
+
+def view(cfg: Config, clock: Clock, k3s: Optional[K3s] = None) -> View:
+    k3s = k3s or K3s(cfg)
+    store = Store(cfg.state_dir)
+    now = clock.now()
+    data = k3s.live_bytes()
+    live = keys.parse(data, str(k3s.live_path))
+    mtime = k3s.live_mtime()
+    state = _load_readonly(store, now)
+    obs = planner.observe(state, live, now, mtime)
+    return View(live, mtime, obs.state, now, obs.notes + tuple(store.notes))
+
+
+def _load_readonly(store: Store, now: dt.datetime) -> State:
+    import json
+
+    try:
+        return State.from_json(json.loads(store.path.read_bytes()))
+    except FileNotFoundError:
+        return State()
+    except PermissionError:
+        raise ConfigError(f"{store.path}: cannot be read; run k3srotd as root") from None
+    except (ValueError, KeyError, TypeError):
+        return State()
+
+
+class Session:
+    """One locked unit of work. Use as a context manager; `.executor` does the steps."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        clock: Clock,
+        log: Any,
+        events: Optional[Events] = None,
+        progress: Optional[Progress] = None,
+        k3s: Optional[K3s] = None,
+    ) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.log = log
+        self.k3s = k3s or K3s(cfg)
+        self.store = Store(cfg.state_dir)
+        self.lock = Lock(cfg.lock_file)
+        self.events = events
+        self.progress = progress
+        self.state = State()
+        self.executor: Executor
+
+    def __enter__(self) -> Session:
+        self.k3s.require_server_node()
+        self.lock.acquire()
+        try:
+            self.state = self.store.load(self.clock.now())
+            for note in self.store.notes:
+                self.log.warning("state.rebuilt", msg=note)
+            self.executor = Executor(
+                self.cfg, self.k3s, self.store, self.state, self.clock, self.log, self.events, self.progress
+            )
+            done = self.executor.resume()
+            if done:
+                self.log.warning("resume.done", msg=done)
+        except BaseException:
+            self.lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+    def read_live(self) -> tuple[bytes, keys.KeyFile, dt.datetime]:
+        data = self.k3s.live_bytes()
+        return data, keys.parse(data, str(self.k3s.live_path)), self.k3s.live_mtime()
+
+    def observe(self) -> tuple[bytes, keys.KeyFile, planner.Observation]:
+        """Read the live file and bring the state in line with it (saved)."""
+        data, live, mtime = self.read_live()
+        if live.duplicates:
+            self.log.warning(
+                "keys.duplicate",
+                msg=f"{live.path}: holds {len(live.duplicates)} duplicate key block(s); the next step writes "
+                "each key once",
+                kids=list(live.duplicates),
+            )
+        obs = planner.observe(self.state, live, self.clock.now(), mtime)
+        for note in obs.notes:
+            self.log.warning("keys.adopted" if obs.adopted else "keys.observed", msg=note)
+        self.state.__dict__.update(obs.state.__dict__)
+        self.store.save(self.state)
+        return data, live, obs
+
+    def phase(self, live: keys.KeyFile) -> str:
+        return planner.phase(self.state, live)
+
+    # --- the steps, each composing its target and handing it to the executor
+    def publish(self, data: bytes, live: keys.KeyFile) -> keys.KeyFile:
+        new = keys.generate(self.cfg.key_size)
+        staged = keys.compose(live, planner.publish_order(live, new.kid), [new])
+        return self.executor.run("publish", data, live, staged)
+
+    def promote(self, data: bytes, live: keys.KeyFile) -> keys.KeyFile:
+        pending = self.state.pending
+        if pending is None:
+            raise SafetyRefusal("nothing is published to promote; run `k3srotd rotate-now`")
+        self.warn_token_lifetime("promote")
+        staged = keys.compose(live, planner.promote_order(live, pending))
+        return self.executor.run("promote", data, live, staged)
+
+    def rotate_direct(self, data: bytes, live: keys.KeyFile) -> keys.KeyFile:
+        new = keys.generate(self.cfg.key_size)
+        self.warn_token_lifetime("rotate")
+        staged = keys.compose(live, planner.rotate_order(live, new.kid), [new])
+        return self.executor.run("rotate", data, live, staged)
+
+    def prune(self, data: bytes, live: keys.KeyFile, drop: tuple[str, ...]) -> keys.KeyFile:
+        self.warn_token_lifetime("prune")
+        staged = keys.compose(live, planner.prune_order(live, drop))
+        return self.executor.run("prune", data, live, staged)
+
+    def warn_token_lifetime(self, step: str) -> None:
+        k = self.cfg.k3s
+        if k.tokens_may_outlive_grace:
+            why = (
+                "service-account-extend-token-expiration is not false"
+                if k.extend_token_expiration is not False
+                else "no service-account-max-token-expiration is set"
+            )
+            self.log.warning(
+                "tokens.may-outlive-grace",
+                msg=(
+                    f"{step}: tokens may outlive the grace-period ({why} in K3s's kube-apiserver-arg); set "
+                    "service-account-extend-token-expiration=false and service-account-max-token-expiration "
+                    "no longer than grace-period to make the prune safe on time"
+                ),
+                step=step,
+            )
+
+
+def in_window(cfg: Config, now: dt.datetime) -> bool:
+    return cfg.maintenance_window is None or bool(cfg.maintenance_window.contains(now))
+
+
+def require_window(cfg: Config, now: dt.datetime, what: str, ignore: bool) -> None:
+    if ignore or in_window(cfg, now):
+        return
+    nxt = cfg.maintenance_window.next_start(now)
+    raise SafetyRefusal(
+        f"{cfg.sources[-1] if cfg.sources else 'config'}: {what} restarts K3s, and now is outside "
+        f"maintenance-window; it opens next at {nxt.isoformat()}. Wait for it, or add --ignore-window"
+    )
+
+
+Confirm = Callable[[str], bool]

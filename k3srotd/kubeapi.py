@@ -1,0 +1,125 @@
+"""A small HTTPS client for the Kubernetes API with the admin kubeconfig's client certificate.
+
+Plain stdlib (ssl + http.client): the checks need a handful of GETs and POSTs, and the official client costs
+~1 s of import and ~50 MB. The client key is handed to OpenSSL through an anonymous memory file, so no copy of it
+ever touches the disk.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import ssl
+import urllib.parse
+from pathlib import Path
+from typing import Any, Optional
+
+from k3srotd.errors import ConfigError
+
+
+class APIError(Exception):
+    """The API answered with an error or could not be reached; str() is one line."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _data(entry: dict[str, Any], key: str, base: Path) -> Optional[bytes]:
+    if entry.get(f"{key}-data"):
+        return base64.b64decode(entry[f"{key}-data"])
+    if entry.get(key):
+        p = Path(entry[key])
+        return (p if p.is_absolute() else base / p).read_bytes()
+    return None
+
+
+class KubeAPI:
+    def __init__(self, kubeconfig: str, server_url: str, timeout: float = 10.0) -> None:
+        self.kubeconfig = kubeconfig
+        self.server_url = server_url.rstrip("/")
+        self.timeout = timeout
+        self._ctx: Optional[ssl.SSLContext] = None
+        self._token: Optional[str] = None
+
+    def _context(self) -> ssl.SSLContext:
+        if self._ctx is not None:
+            return self._ctx
+        import yaml
+
+        path = Path(self.kubeconfig)
+        try:
+            cfg = yaml.safe_load(path.read_text())
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read the kubeconfig ({e.strerror}); set kubeconfig") from None
+        except yaml.YAMLError:
+            raise ConfigError(f"{path}: is not a valid kubeconfig (YAML); set kubeconfig") from None
+        try:
+            ctx_name = cfg.get("current-context") or cfg["contexts"][0]["name"]
+            context = next(c["context"] for c in cfg["contexts"] if c["name"] == ctx_name)
+            cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == context["cluster"])
+            user = next(u["user"] for u in cfg["users"] if u["name"] == context["user"])
+        except (KeyError, IndexError, StopIteration, TypeError, AttributeError):
+            raise ConfigError(f"{path}: has no usable context/cluster/user; set kubeconfig") from None
+        ctx = ssl.create_default_context()
+        ca = _data(cluster, "certificate-authority", path.parent)
+        if ca:
+            ctx.load_verify_locations(cadata=ca.decode())
+        cert = _data(user, "client-certificate", path.parent)
+        key = _data(user, "client-key", path.parent)
+        if cert and key:
+            fd = os.memfd_create("k3srotd-client", 0)
+            try:
+                os.write(fd, cert + b"\n" + key)
+                ctx.load_cert_chain(f"/proc/self/fd/{fd}")
+            finally:
+                os.close(fd)
+        self._token = user.get("token")
+        self._ctx = ctx
+        return ctx
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+        url = urllib.parse.urlsplit(self.server_url)
+        conn = http.client.HTTPSConnection(
+            url.hostname or "127.0.0.1", url.port or 443, timeout=self.timeout, context=self._context()
+        )
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        try:
+            conn.request(method, url.path.rstrip("/") + path, body=data, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        except (OSError, http.client.HTTPException) as e:
+            raise APIError(f"{self.server_url}{path}: {type(e).__name__}: {e}") from None
+        finally:
+            conn.close()
+
+    def get_json(self, path: str) -> Any:
+        status, data = self.request("GET", path)
+        if status != 200:
+            raise APIError(f"{self.server_url}{path}: HTTP {status}", status)
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise APIError(f"{self.server_url}{path}: not JSON") from None
+
+    def readyz(self) -> bool:
+        try:
+            status, _ = self.request("GET", "/readyz")
+        except APIError:
+            return False
+        return status == 200
+
+    def jwks_kids(self) -> list[str]:
+        doc = self.get_json("/openid/v1/jwks")
+        try:
+            return [str(k["kid"]) for k in doc["keys"]]
+        except (KeyError, TypeError):
+            raise APIError(f"{self.server_url}/openid/v1/jwks: not a JWK set") from None

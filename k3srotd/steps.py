@@ -1,0 +1,375 @@
+"""The thin executor: one step's side effects, in order, each checked; rollback; resume after a crash.
+
+Order of every step (each line a side-effect boundary, named for the crash tests):
+  backup      the live file copied to <state-dir>/backups (0600)
+  intent      the state records the step, its target and its backup, durably, before anything else changes
+  staged      <staging-dir>/server/tls/service.key written (0600, folders 0700)
+  uploaded    `k3s certificate rotate-ca` saved it to the datastore (K3s's disk files are unchanged)
+  restarted   restart-command ran
+  verified    K3s is back: a new server process, the live file equal to the staged one, service.current.key
+              holding the expected signer, and (verify-api) /readyz ok and the JWKS listing the expected kids
+  committed   staging removed, the state records the new key set, the intent is cleared
+A crash anywhere leaves an intent; the next start finishes the step if K3s already runs its key set, or else
+puts the datastore back to the live set (no restart needed) and forgets the step.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from k3srotd import keys, planner
+from k3srotd.clock import Clock
+from k3srotd.config import Config
+from k3srotd.errors import RollbackFailed, SafetyRefusal, StepFailed
+from k3srotd.files import Backups, Staging, sha256
+from k3srotd.k3s import K3s, ServerProcess
+from k3srotd.kubeapi import APIError
+from k3srotd.state import Intent, LastStep, State, Store, ts
+
+POLL_SECONDS = 0.5
+CRASH_ENV = "K3SROTD_TEST_CRASH_AT"  # test hook: SIGKILL ourselves at the named boundary
+
+Progress = Callable[[str, float], None]
+Events = Callable[[str, str, Sequence[str], str], None]  # event, signer kid, kids, phase
+
+
+def checkpoint(name: str) -> None:
+    """A side-effect boundary. The crash tests name one in the environment and are killed right here."""
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class VerifyFailed(Exception):
+    pass
+
+
+def _unique(kids: Sequence[str]) -> list[str]:
+    seen: set[str] = set()
+    return [k for k in kids if not (k in seen or seen.add(k))]  # type: ignore[func-returns-value]
+
+
+class Executor:
+    def __init__(
+        self,
+        cfg: Config,
+        k3s: K3s,
+        store: Store,
+        state: State,
+        clock: Clock,
+        log: Any,
+        events: Optional[Events] = None,
+        progress: Optional[Progress] = None,
+    ) -> None:
+        self.cfg = cfg
+        self.k3s = k3s
+        self.store = store
+        self.state = state
+        self.clock = clock
+        self.log = log
+        self.events = events
+        self.progress = progress
+        self.staging = Staging(cfg.staging_dir)
+        self.backups = Backups(cfg.backup_dir, cfg.backup_keep)
+
+    # --- helpers
+    def _emit(self, event: str, kf: keys.KeyFile, phase: str) -> None:
+        if self.events is not None:
+            self.events(event, kf.signer.kid, kf.kids, phase)
+
+    def _fail(self, step: str, reason: str, kf: Optional[keys.KeyFile] = None) -> None:
+        now = self.clock.now()
+        self.state.last_failure = {"step": step, "at": ts(now), "reason": reason}
+        self.state.failures[step] = self.state.failures.get(step, 0) + 1
+        kids = kf.kids if kf else []
+        signer = kf.signer.kid if kf else ""
+        self.log.error("step.failed", msg=f"{step} failed: {reason}", step=step, signer_kid=signer, kids=kids)
+        if kf is not None and self.events is not None:
+            self.events("step.failed", signer, kids, planner.phase(self.state, kf))
+
+    def _read_live(self) -> tuple[bytes, keys.KeyFile]:
+        data = self.k3s.live_bytes()
+        return data, keys.parse(data, str(self.k3s.live_path))
+
+    # --- one step
+    def run(self, step: str, live_bytes: bytes, live: keys.KeyFile, staged: bytes) -> keys.KeyFile:
+        """Take the live file from `live` to `staged`; return the new live file. StepFailed on failure, with
+        the live keys as they were (or restored)."""
+        now = self.clock.now()
+        target = keys.parse(staged, str(self.staging.key))
+        self.staging.check()
+        proc = self.k3s.server_process()
+        if proc is None:
+            raise SafetyRefusal(
+                f"{self.cfg.k3s_bin}: no `k3s server` process is running for {self.cfg.k3s_data_dir}; "
+                "rotate-ca needs a running server. Start K3s and try again"
+            )
+        self.log.info(
+            "step.start", msg=f"{step}: {live.kids} -> {target.kids}", step=step, signer_kid=live.signer.kid,
+            kids=live.kids, target_kids=target.kids,
+        )
+        backup = self.backups.save(live_bytes, step, now)
+        checkpoint("backup")
+        self.state.intent = Intent(
+            step=step, started_at=now, before_kids=live.kids, target_kids=target.kids, backup=str(backup),
+            staged_sha256=sha256(staged), stage="staged", snapshot=self.state.snapshot(),
+            server_pid=proc.pid, server_started=proc.started,
+        )
+        self.store.save(self.state)
+        checkpoint("intent")
+        self.staging.write(staged)
+        checkpoint("staged")
+        res = self.k3s.rotate_ca()
+        self.log.info("rotate-ca", msg=f"rotate-ca exited {res.returncode}", argv=list(res.argv),
+                      output=res.tail(10), step=step)
+        if not res.ok:
+            self.staging.remove()
+            self.state.intent = None
+            reason = f"`k3s certificate rotate-ca` failed: {res.tail()}; K3s changed nothing"
+            self._fail(step, reason, live)
+            self.store.save(self.state)
+            raise StepFailed(f"{step} failed: {reason}")
+        checkpoint("uploaded")
+        self.state.intent.stage = "restarting"
+        self.store.save(self.state)
+        try:
+            self._restart_and_verify(target, staged, proc)
+        except VerifyFailed as e:
+            self._fail(step, str(e), live)
+            self.store.save(self.state)
+            self.rollback_intent(f"{step} failed verification: {e}")
+            raise StepFailed(f"{step} failed: {e}; the previous key set was restored") from None
+        return self.commit(step, target)
+
+    def _restart_and_verify(self, target: keys.KeyFile, staged: bytes, old: Optional[ServerProcess]) -> None:
+        res = self.k3s.restart()
+        self.log.info("restart", msg=f"restart-command exited {res.returncode}", argv=list(res.argv),
+                      output=res.tail(5))
+        if not res.ok:
+            self.log.warning("restart", msg=f"restart-command failed ({res.tail()}); checking K3s anyway")
+        checkpoint("restarted")
+        self.wait_for(target, staged, old)
+        checkpoint("verified")
+
+    def wait_for(self, target: keys.KeyFile, staged: bytes, old: Optional[ServerProcess]) -> None:
+        """Until restart-timeout: K3s back, on a new process, serving exactly `staged`. VerifyFailed if not."""
+        timeout = self.cfg.restart_timeout.total_seconds()
+        start = self.clock.monotonic()
+        api = self.k3s.api() if self.cfg.verify_api else None
+        want = sha256(staged)
+        expected = _unique(target.kids)
+        last = "no K3s server process yet"
+        while True:
+            proc = self.k3s.server_process()
+            if proc is None:
+                last = "no K3s server process yet"
+            elif old is not None and proc == old:
+                last = f"K3s has not restarted yet (still pid {proc.pid})"
+            else:
+                ready = api.readyz() if api is not None else True
+                try:
+                    live = self.k3s.live_bytes()
+                except SafetyRefusal:
+                    live = b""
+                current = self.k3s.current_kid()
+                if sha256(live) != want:
+                    last = "the live service.key differs from the staged key set"
+                    if ready and api is not None:
+                        raise VerifyFailed(
+                            f"K3s restarted (pid {proc.pid}) but serves another key set than the one staged "
+                            "(K3s did not apply the rotate-ca data)"
+                        )
+                elif current != target.signer.kid:
+                    last = f"service.current.key holds {current}, expected {target.signer.kid}"
+                elif api is None:
+                    return
+                elif not ready:
+                    last = "/readyz is not ok yet"
+                else:
+                    try:
+                        served = _unique(api.jwks_kids())
+                    except APIError as e:
+                        served, last = [], str(e)
+                    if served == expected:
+                        return
+                    if served:
+                        raise VerifyFailed(f"the JWKS lists {served}, expected {expected}")
+            elapsed = self.clock.monotonic() - start
+            if elapsed >= timeout:
+                raise VerifyFailed(f"K3s not back as expected within {self.cfg.restart_timeout}: {last}")
+            if self.progress is not None:
+                self.progress(f"waiting for K3s: {last}", elapsed)
+            self.clock.sleep(POLL_SECONDS)
+
+    def commit(self, step: str, target: keys.KeyFile) -> keys.KeyFile:
+        intent = self.state.intent
+        assert intent is not None
+        now = self.clock.now()
+        self.staging.remove()
+        if step == "rollback":
+            last = self.state.last_step
+            snapshot = last.snapshot if last is not None else intent.snapshot
+            self.state.restore(snapshot)
+        else:
+            new = planner.committed(self.state, step, intent.before_kids, target.kids, now)
+            self.state.keys, self.state.pending = new.keys, new.pending
+            self.state.published_at, self.state.last_rotation = new.published_at, new.last_rotation
+        self.state.last_step = LastStep(
+            step=step, completed_at=now, before_kids=intent.before_kids, target_kids=target.kids,
+            backup=intent.backup, snapshot=intent.snapshot,
+        )
+        self.state.intent = None
+        self.state.last_success[step] = ts(now) or ""
+        self.store.save(self.state)
+        checkpoint("committed")
+        self.backups.trim(protect={intent.backup})
+        phase = planner.phase(self.state, target)
+        self.log.info(
+            f"{step}.done", msg=f"{step} done: {target.signer.kid} signs; keys {', '.join(target.kids)}",
+            step=step, signer_kid=target.signer.kid, kids=target.kids, phase=phase,
+        )
+        self._emit(f"{step}.done", target, phase)
+        return target
+
+    # --- rollback
+    def restore_bytes(self, backup: bytes) -> bytes:
+        """The backup, plus the signer now on disk when the backup lacks it: K3s accepts no key list without
+        its current signer, and tokens it signed must keep verifying."""
+        before = keys.parse(backup, "backup")
+        try:
+            _, on_disk = self._read_live()
+        except SafetyRefusal:
+            return backup
+        signer = on_disk.signer
+        if signer.kid in before:
+            return backup
+        self.log.warning(
+            "rollback.keep", msg=f"keeping {signer.kid}, the signer K3s has now, as a verify-only key",
+            signer_kid=signer.kid,
+        )
+        return keys.compose(before, [*before.kids, signer.kid], [signer])
+
+    def rollback_intent(self, reason: str) -> keys.KeyFile:
+        """Put back the key set of the intent's backup; RollbackFailed (crit, manual steps) if that fails."""
+        intent = self.state.intent
+        assert intent is not None
+        intent.stage = "rolling-back"
+        self.store.save(self.state)
+        try:
+            backup = Path(intent.backup).read_bytes()
+            if self.k3s.server_process() is None:
+                # rotate-ca needs a running server: start it on the key set the datastore has now.
+                self.k3s.restart()
+                self._wait_running()
+            restore = self.restore_bytes(backup)
+            target = keys.parse(restore, intent.backup)
+            proc = self.k3s.server_process()
+            self.staging.write(restore)
+            checkpoint("rollback-staged")
+            res = self.k3s.rotate_ca()
+            if not res.ok:
+                raise VerifyFailed(f"rotate-ca refused the backup: {res.tail()}")
+            self._restart_and_verify(target, restore, proc)
+        except (VerifyFailed, OSError, SafetyRefusal, keys.KeyFileError) as e:
+            intent.stage = "rollback-failed"
+            self.store.save(self.state)
+            self.log.critical(
+                "rollback.failed",
+                msg=(
+                    f"ROLLBACK FAILED after: {reason}. Rollback error: {e}. By hand: copy {intent.backup} to "
+                    f"{self.staging.key} (mode 0600), run `{' '.join(self.k3s.rotate_ca_argv())}`, then restart "
+                    f"K3s on every server ({' '.join(self.cfg.restart_command)}); check `k3srotd status`, then "
+                    "run `k3srotd rollback --yes` to record it. Backups are kept in "
+                    f"{self.backups.dir}"
+                ),
+                backup=intent.backup,
+            )
+            raise RollbackFailed(
+                f"{intent.step} failed ({reason}) and the rollback failed too ({e}); see the log for the "
+                f"manual steps; the key set before the step is in {intent.backup}"
+            ) from None
+        self.staging.remove()
+        self.state.restore(intent.snapshot)
+        self.state.intent = None
+        self.store.save(self.state)
+        self.log.info(
+            "rollback.done", msg=f"rolled back to {', '.join(target.kids)}", signer_kid=target.signer.kid,
+            kids=target.kids,
+        )
+        self._emit("rollback.done", target, planner.phase(self.state, target))
+        return target
+
+    def _wait_running(self) -> ServerProcess:
+        start = self.clock.monotonic()
+        api = self.k3s.api() if self.cfg.verify_api else None
+        while True:
+            proc = self.k3s.server_process()
+            if proc is not None and (api is None or api.readyz()):
+                return proc
+            elapsed = self.clock.monotonic() - start
+            if elapsed >= self.cfg.restart_timeout.total_seconds():
+                raise VerifyFailed(f"K3s is not running after {self.cfg.restart_timeout}")
+            if self.progress is not None:
+                self.progress("waiting for K3s to run", elapsed)
+            self.clock.sleep(POLL_SECONDS)
+
+    # --- after a crash
+    def resume(self) -> Optional[str]:
+        """Finish or undo the step an earlier k3srotd left. Returns what was done, or None."""
+        intent = self.state.intent
+        if intent is None:
+            return None
+        if intent.stage == "rollback-failed":
+            raise RollbackFailed(
+                f"a rollback of {intent.step} failed earlier; restore {intent.backup} by hand (see the log), "
+                "then run `k3srotd rollback --yes`"
+            )
+        self.log.warning("resume", msg=f"an interrupted {intent.step} (stage {intent.stage}) is resumed",
+                         step=intent.step)
+        if intent.stage == "rolling-back":
+            self.rollback_intent(f"interrupted rollback of {intent.step}")
+            return f"finished the interrupted rollback of {intent.step}"
+        try:
+            self._wait_running()
+        except VerifyFailed:
+            raise StepFailed(
+                f"an interrupted {intent.step} is recorded in {self.store.path}, but K3s is not running; "
+                "start K3s, then run k3srotd again to finish or undo it"
+            ) from None
+        live_bytes, live = self._read_live()
+        if sha256(live_bytes) == intent.staged_sha256:
+            try:
+                self.wait_for(live, live_bytes, None)
+            except VerifyFailed as e:
+                self._fail(intent.step, str(e), live)
+                self.rollback_intent(f"interrupted {intent.step} failed verification: {e}")
+                return f"rolled back the interrupted {intent.step}"
+            self.commit(intent.step, live)
+            return f"finished the interrupted {intent.step}"
+        if live.kids == intent.before_kids:
+            # K3s still runs the old set; rotate-ca may have saved the new one. Put the datastore back to
+            # the live set so no later restart applies an unverified step.
+            self.staging.write(live_bytes)
+            res = self.k3s.rotate_ca()
+            if not res.ok:
+                raise StepFailed(
+                    f"could not undo the interrupted {intent.step}: rotate-ca failed ({res.tail()}); "
+                    "run k3srotd again"
+                )
+            self.staging.remove()
+            self.state.intent = None
+            self.store.save(self.state)
+            self.log.warning("resume", msg=f"undid the interrupted {intent.step}; K3s keeps {live.kids}",
+                             signer_kid=live.signer.kid, kids=live.kids)
+            return f"undid the interrupted {intent.step}"
+        self.staging.remove()
+        self.state.intent = None
+        self.store.save(self.state)
+        self.log.warning(
+            "resume", msg=f"the live key set changed outside k3srotd during {intent.step}; adopted it",
+            signer_kid=live.signer.kid, kids=live.kids,
+        )
+        return f"the live key set changed outside k3srotd; forgot the interrupted {intent.step}"
+
