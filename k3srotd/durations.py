@@ -43,7 +43,7 @@ def parse_duration(text: str) -> dt.timedelta:
 
 def format_duration(delta: dt.timedelta) -> str:
     """Short human form, largest units first: `89d 23h`, `4m 10s`, `0s`."""
-    secs = int(round(abs(delta.total_seconds())))
+    secs = round(abs(delta.total_seconds()))
     sign = "-" if delta.total_seconds() < 0 else ""
     parts = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):

@@ -72,8 +72,10 @@ class Session:
         events: Optional[Events] = None,
         progress: Optional[Progress] = None,
         k3s: Optional[K3s] = None,
+        retry_failed_rollback: bool = False,
     ) -> None:
         self.cfg = cfg
+        self.retry_failed_rollback = retry_failed_rollback
         self.clock = clock
         self.log = log
         self.k3s = k3s or K3s(cfg)
@@ -94,6 +96,9 @@ class Session:
             self.executor = Executor(
                 self.cfg, self.k3s, self.store, self.state, self.clock, self.log, self.events, self.progress
             )
+            intent = self.state.intent
+            if intent is not None and intent.stage == "rollback-failed" and self.retry_failed_rollback:
+                return self  # the rollback command retries it itself
             done = self.executor.resume()
             if done:
                 self.log.warning("resume.done", msg=done)

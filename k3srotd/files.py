@@ -30,7 +30,7 @@ class Backups:
         write_atomic(path, data, 0o600)
         return path
 
-    def list(self) -> list[Path]:
+    def files(self) -> list[Path]:
         if not self.dir.is_dir():
             return []
         return sorted(p for p in self.dir.iterdir() if p.suffix == ".key" and p.is_file())
@@ -38,7 +38,7 @@ class Backups:
     def trim(self, protect: Iterable[str]) -> list[Path]:
         """Remove the oldest beyond `keep`, never one a pending step or a rollback still needs."""
         keep = set(protect)
-        files = self.list()
+        files = self.files()
         removed = []
         for p in files[: max(0, len(files) - self.keep)]:
             if str(p) not in keep:

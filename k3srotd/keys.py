@@ -238,7 +238,9 @@ def generate(bits: int) -> KeyBlock:
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
     raw = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
     )
     return KeyBlock(raw=raw, kind="private", kid=kid_of(key.public_key()), algorithm="RSA", bits=bits)
 

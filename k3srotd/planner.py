@@ -131,16 +131,19 @@ def signer_since(state: State, live: KeyFile, live_mtime: dt.datetime) -> dt.dat
     return rec.signer_since if rec and rec.signer_since else live_mtime
 
 
-def _in_window(window: Any, t: dt.datetime) -> dt.datetime:
-    if window is None or window.contains(t):
+def _in_window(window: Any, due: dt.datetime, now: dt.datetime) -> dt.datetime:
+    """Due time, moved to the first opening of the window at or after it (and not before now: an overdue step
+    waits for the next opening, not one in the past)."""
+    if window is None:
+        return due
+    t = max(due, now)
+    if window.contains(t):
         return t
     result: dt.datetime = window.next_start(t)
     return result
 
 
-def candidates(
-    cfg: Any, state: State, live: KeyFile, now: dt.datetime, live_mtime: dt.datetime
-) -> list[Plan]:
+def candidates(cfg: Any, state: State, live: KeyFile, now: dt.datetime, live_mtime: dt.datetime) -> list[Plan]:
     """Every step policy will want, with its due time. `cfg` needs strategy, publish_wait, grace_period,
     rotation_interval and maintenance_window."""
     out: list[Plan] = []
@@ -148,25 +151,23 @@ def candidates(
     ph = phase(state, live)
     if ph == PUBLISHED:
         due = (state.published_at or now) + cfg.publish_wait
-        out.append(Plan("promote", due, _in_window(win, due), reason="publish-wait after publish"))
+        out.append(Plan("promote", due, _in_window(win, due, now), reason="publish-wait after publish"))
     ret = retired(state, live)
     if ret:
         first = min(at for _, at in ret) + cfg.grace_period
         drop = tuple(k for k, at in ret if at + cfg.grace_period <= max(now, first))
-        out.append(Plan("prune", first, _in_window(win, first), drop=drop, reason="grace-period after retire"))
+        out.append(Plan("prune", first, _in_window(win, first, now), drop=drop, reason="grace-period after retire"))
     if ph != PUBLISHED:
         due = signer_since(state, live, live_mtime) + cfg.rotation_interval
         action = "publish" if cfg.strategy == "staged" else "rotate"
-        out.append(Plan(action, due, _in_window(win, due), reason="signer older than rotation-interval"))
+        out.append(Plan(action, due, _in_window(win, due, now), reason="signer older than rotation-interval"))
     return out
 
 
 _ORDER = {"promote": 0, "prune": 1, "publish": 2, "rotate": 2}
 
 
-def next_plan(
-    cfg: Any, state: State, live: KeyFile, now: dt.datetime, live_mtime: dt.datetime
-) -> Optional[Plan]:
+def next_plan(cfg: Any, state: State, live: KeyFile, now: dt.datetime, live_mtime: dt.datetime) -> Optional[Plan]:
     """The step that comes next: the earliest; on a tie, promote before prune before a new rotation."""
     plans = candidates(cfg, state, live, now, live_mtime)
     if not plans:
@@ -174,16 +175,12 @@ def next_plan(
     return min(plans, key=lambda p: (max(p.not_before, now), _ORDER[p.action]))
 
 
-def due_plan(
-    cfg: Any, state: State, live: KeyFile, now: dt.datetime, live_mtime: dt.datetime
-) -> Optional[Plan]:
+def due_plan(cfg: Any, state: State, live: KeyFile, now: dt.datetime, live_mtime: dt.datetime) -> Optional[Plan]:
     p = next_plan(cfg, state, live, now, live_mtime)
     return p if p is not None and p.not_before <= now else None
 
 
-def committed(
-    state: State, step: str, before: Sequence[str], target: Sequence[str], now: dt.datetime
-) -> State:
+def committed(state: State, step: str, before: Sequence[str], target: Sequence[str], now: dt.datetime) -> State:
     """The state after `step` took the live file from `before` to `target` (a rollback restores its snapshot
     separately). Records of keys that left the file are dropped."""
     s = copy.deepcopy(state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -44,10 +45,8 @@ def run(argv: Sequence[str], timeout: float, env: Optional[Mapping[str, str]] = 
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         out, err = proc.communicate()
         return Result(args, -9, out.decode(errors="replace"), err.decode(errors="replace"), timed_out=True)
     return Result(args, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))

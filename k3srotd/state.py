@@ -133,7 +133,8 @@ def _record_to_json(r: KeyRecord) -> dict[str, Any]:
 
 def _record_from_json(d: dict[str, Any]) -> KeyRecord:
     first = parse_ts(d["first_seen"])
-    assert first is not None
+    if first is None:
+        raise ValueError("a key record without first_seen")
     return KeyRecord(
         first_seen=first,
         retired_at=parse_ts(d.get("retired_at")),

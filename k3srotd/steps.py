@@ -75,6 +75,11 @@ class Executor:
         self.backups = Backups(cfg.backup_dir, cfg.backup_keep)
 
     # --- helpers
+    def _intent(self) -> Intent:
+        if self.state.intent is None:
+            raise RuntimeError("no step under way")  # a bug, not an operator error
+        return self.state.intent
+
     def _emit(self, event: str, kf: keys.KeyFile, phase: str) -> None:
         if self.events is not None:
             self.events(event, kf.signer.kid, kf.kids, phase)
@@ -107,23 +112,39 @@ class Executor:
                 "rotate-ca needs a running server. Start K3s and try again"
             )
         self.log.info(
-            "step.start", msg=f"{step}: {live.kids} -> {target.kids}", step=step, signer_kid=live.signer.kid,
-            kids=live.kids, target_kids=target.kids,
+            "step.start",
+            msg=f"{step}: {live.kids} -> {target.kids}",
+            step=step,
+            signer_kid=live.signer.kid,
+            kids=live.kids,
+            target_kids=target.kids,
         )
         backup = self.backups.save(live_bytes, step, now)
         checkpoint("backup")
         self.state.intent = Intent(
-            step=step, started_at=now, before_kids=live.kids, target_kids=target.kids, backup=str(backup),
-            staged_sha256=sha256(staged), stage="staged", snapshot=self.state.snapshot(),
-            server_pid=proc.pid, server_started=proc.started,
+            step=step,
+            started_at=now,
+            before_kids=live.kids,
+            target_kids=target.kids,
+            backup=str(backup),
+            staged_sha256=sha256(staged),
+            stage="staged",
+            snapshot=self.state.snapshot(),
+            server_pid=proc.pid,
+            server_started=proc.started,
         )
         self.store.save(self.state)
         checkpoint("intent")
         self.staging.write(staged)
         checkpoint("staged")
         res = self.k3s.rotate_ca()
-        self.log.info("rotate-ca", msg=f"rotate-ca exited {res.returncode}", argv=list(res.argv),
-                      output=res.tail(10), step=step)
+        self.log.info(
+            "rotate-ca",
+            msg=f"rotate-ca exited {res.returncode}",
+            argv=list(res.argv),
+            output=res.tail(10),
+            step=step,
+        )
         if not res.ok:
             self.staging.remove()
             self.state.intent = None
@@ -145,8 +166,9 @@ class Executor:
 
     def _restart_and_verify(self, target: keys.KeyFile, staged: bytes, old: Optional[ServerProcess]) -> None:
         res = self.k3s.restart()
-        self.log.info("restart", msg=f"restart-command exited {res.returncode}", argv=list(res.argv),
-                      output=res.tail(5))
+        self.log.info(
+            "restart", msg=f"restart-command exited {res.returncode}", argv=list(res.argv), output=res.tail(5)
+        )
         if not res.ok:
             self.log.warning("restart", msg=f"restart-command failed ({res.tail()}); checking K3s anyway")
         checkpoint("restarted")
@@ -204,8 +226,7 @@ class Executor:
             self.clock.sleep(POLL_SECONDS)
 
     def commit(self, step: str, target: keys.KeyFile) -> keys.KeyFile:
-        intent = self.state.intent
-        assert intent is not None
+        intent = self._intent()
         now = self.clock.now()
         self.staging.remove()
         if step == "rollback":
@@ -217,8 +238,12 @@ class Executor:
             self.state.keys, self.state.pending = new.keys, new.pending
             self.state.published_at, self.state.last_rotation = new.published_at, new.last_rotation
         self.state.last_step = LastStep(
-            step=step, completed_at=now, before_kids=intent.before_kids, target_kids=target.kids,
-            backup=intent.backup, snapshot=intent.snapshot,
+            step=step,
+            completed_at=now,
+            before_kids=intent.before_kids,
+            target_kids=target.kids,
+            backup=intent.backup,
+            snapshot=intent.snapshot,
         )
         self.state.intent = None
         self.state.last_success[step] = ts(now) or ""
@@ -227,8 +252,12 @@ class Executor:
         self.backups.trim(protect={intent.backup})
         phase = planner.phase(self.state, target)
         self.log.info(
-            f"{step}.done", msg=f"{step} done: {target.signer.kid} signs; keys {', '.join(target.kids)}",
-            step=step, signer_kid=target.signer.kid, kids=target.kids, phase=phase,
+            f"{step}.done",
+            msg=f"{step} done: {target.signer.kid} signs; keys {', '.join(target.kids)}",
+            step=step,
+            signer_kid=target.signer.kid,
+            kids=target.kids,
+            phase=phase,
         )
         self._emit(f"{step}.done", target, phase)
         return target
@@ -246,15 +275,15 @@ class Executor:
         if signer.kid in before:
             return backup
         self.log.warning(
-            "rollback.keep", msg=f"keeping {signer.kid}, the signer K3s has now, as a verify-only key",
+            "rollback.keep",
+            msg=f"keeping {signer.kid}, the signer K3s has now, as a verify-only key",
             signer_kid=signer.kid,
         )
         return keys.compose(before, [*before.kids, signer.kid], [signer])
 
     def rollback_intent(self, reason: str) -> keys.KeyFile:
         """Put back the key set of the intent's backup; RollbackFailed (crit, manual steps) if that fails."""
-        intent = self.state.intent
-        assert intent is not None
+        intent = self._intent()
         intent.stage = "rolling-back"
         self.store.save(self.state)
         try:
@@ -295,7 +324,9 @@ class Executor:
         self.state.intent = None
         self.store.save(self.state)
         self.log.info(
-            "rollback.done", msg=f"rolled back to {', '.join(target.kids)}", signer_kid=target.signer.kid,
+            "rollback.done",
+            msg=f"rolled back to {', '.join(target.kids)}",
+            signer_kid=target.signer.kid,
             kids=target.kids,
         )
         self._emit("rollback.done", target, planner.phase(self.state, target))
@@ -326,8 +357,9 @@ class Executor:
                 f"a rollback of {intent.step} failed earlier; restore {intent.backup} by hand (see the log), "
                 "then run `k3srotd rollback --yes`"
             )
-        self.log.warning("resume", msg=f"an interrupted {intent.step} (stage {intent.stage}) is resumed",
-                         step=intent.step)
+        self.log.warning(
+            "resume", msg=f"an interrupted {intent.step} (stage {intent.stage}) is resumed", step=intent.step
+        )
         if intent.stage == "rolling-back":
             self.rollback_intent(f"interrupted rollback of {intent.step}")
             return f"finished the interrupted rollback of {intent.step}"
@@ -355,21 +387,25 @@ class Executor:
             res = self.k3s.rotate_ca()
             if not res.ok:
                 raise StepFailed(
-                    f"could not undo the interrupted {intent.step}: rotate-ca failed ({res.tail()}); "
-                    "run k3srotd again"
+                    f"could not undo the interrupted {intent.step}: rotate-ca failed ({res.tail()}); run k3srotd again"
                 )
             self.staging.remove()
             self.state.intent = None
             self.store.save(self.state)
-            self.log.warning("resume", msg=f"undid the interrupted {intent.step}; K3s keeps {live.kids}",
-                             signer_kid=live.signer.kid, kids=live.kids)
+            self.log.warning(
+                "resume",
+                msg=f"undid the interrupted {intent.step}; K3s keeps {live.kids}",
+                signer_kid=live.signer.kid,
+                kids=live.kids,
+            )
             return f"undid the interrupted {intent.step}"
         self.staging.remove()
         self.state.intent = None
         self.store.save(self.state)
         self.log.warning(
-            "resume", msg=f"the live key set changed outside k3srotd during {intent.step}; adopted it",
-            signer_kid=live.signer.kid, kids=live.kids,
+            "resume",
+            msg=f"the live key set changed outside k3srotd during {intent.step}; adopted it",
+            signer_kid=live.signer.kid,
+            kids=live.kids,
         )
         return f"the live key set changed outside k3srotd; forgot the interrupted {intent.step}"
-

@@ -1,0 +1,197 @@
+"""The command line. Only click is imported at module level: `k3srotd --version` must cost no more.
+
+At this boundary a known error (K3srotdError) is one line and the contract's exit code; anything else is
+"unexpected", with its traceback only under --debug.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Optional
+
+import click
+
+from k3srotd import __version__
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+class Ctx:
+    def __init__(self, config: Optional[str], log_format: Optional[str], debug: bool) -> None:
+        self.config_path = config
+        self.log_format = log_format
+        self.debug = debug
+        self._cfg: Any = None
+
+    @property
+    def cfg(self) -> Any:
+        if self._cfg is None:
+            from k3srotd import config
+
+            self._cfg = config.load(self.config_path)
+        return self._cfg
+
+    def logger(self) -> Any:
+        from k3srotd import logs
+
+        return logs.configure(self.log_format or self.cfg.log_format)
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, "--version", prog_name="k3srotd", message="%(prog)s %(version)s")
+@click.option(
+    "--config",
+    "config",
+    metavar="FILE",
+    envvar="K3SROTD_CONFIG",
+    help="Main config file (default /etc/k3srotd/config.yaml); its drop-ins are FILE.d/*.yaml.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "journal", "json", "console"]),
+    help="Override log-format: auto (journald under systemd, else console), journal, json, console.",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks of unexpected errors.")
+@click.pass_context
+def cli(ctx: click.Context, config: Optional[str], log_format: Optional[str], debug: bool) -> None:
+    """Rotate the service-account signing key of a K3s server: publish, promote, prune, verified."""
+    ctx.obj = Ctx(config, log_format, debug)
+
+
+def _progress(log: Any) -> Any:
+    """On a TTY, one line rewritten in place; off a TTY, a plain log line every 15 s."""
+    tty = sys.stderr.isatty()
+    last = [-15.0]
+
+    def show(what: str, elapsed: float) -> None:
+        if tty:
+            sys.stderr.write(f"\r\033[K{what} ({int(elapsed)}s)")
+            sys.stderr.flush()
+        elif elapsed - last[0] >= 15:
+            last[0] = elapsed
+            log.info("wait", msg=f"{what} ({int(elapsed)}s)")
+
+    return show
+
+
+def _events(obj: Ctx, log: Any) -> Any:
+    from k3srotd.observers import make_events
+
+    return make_events(obj.cfg, log)
+
+
+@cli.command("rotate-now")
+@click.option("--dry-run", is_flag=True, help="Print what would be done; write, run and restart nothing.")
+@click.option("--skip-publish-wait", is_flag=True, help="Promote at once after publish (after a key leak).")
+@click.option("--ignore-window", is_flag=True, help="Run outside maintenance-window.")
+@click.pass_obj
+def rotate_now(obj: Ctx, dry_run: bool, skip_publish_wait: bool, ignore_window: bool) -> None:
+    """Rotate now, up to the new key signing (staged: publish, wait, promote).
+
+    Continues a rotation already under way.
+    """
+    from k3srotd import commands
+
+    if dry_run:
+        commands.rotate_now_dry_run(obj.cfg, skip_publish_wait)
+        return
+    log = obj.logger()
+    commands.rotate_now(obj.cfg, log, _events(obj, log), _progress(log), skip_publish_wait, ignore_window)
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Print what would be dropped; change nothing.")
+@click.option("--force", is_flag=True, help="Drop retired keys before their grace-period has passed.")
+@click.option("--yes", is_flag=True, help="Do not ask before --force.")
+@click.option("--ignore-window", is_flag=True, help="Run outside maintenance-window.")
+@click.pass_obj
+def prune(obj: Ctx, dry_run: bool, force: bool, yes: bool, ignore_window: bool) -> None:
+    """Drop retired keys whose grace-period has passed."""
+    from k3srotd import commands
+
+    if dry_run:
+        commands.prune_dry_run(obj.cfg, force)
+        return
+    log = obj.logger()
+    commands.prune(obj.cfg, log, _events(obj, log), _progress(log), force, yes, ignore_window, _confirm)
+
+
+@cli.command()
+@click.option("--yes", is_flag=True, help="Do not ask.")
+@click.pass_obj
+def rollback(obj: Ctx, yes: bool) -> None:
+    """Put back the key set that was live before the last completed step."""
+    from k3srotd import commands
+
+    log = obj.logger()
+    commands.rollback(obj.cfg, log, _events(obj, log), _progress(log), yes, _confirm)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (see the README for its fields).")
+@click.pass_obj
+def status(obj: Ctx, as_json: bool) -> None:
+    """Keys, roles, phase, and what happens next and when."""
+    from k3srotd import status as st
+
+    click.echo(st.render(obj.cfg, as_json), nl=False)
+
+
+@cli.command()
+@click.pass_obj
+def doctor(obj: Ctx) -> None:
+    """Preflight checks, one PASS/WARN/FAIL line each; exit 0 when nothing FAILs."""
+    from k3srotd import doctor as dr
+
+    lines, failed = dr.run(obj.cfg)
+    for line in lines:
+        click.echo(line)
+    if failed:
+        sys.exit(1)
+
+
+@cli.command()
+@click.pass_obj
+def run(obj: Ctx) -> None:
+    """The daemon: schedules and drives rotations and prunes; resumes an interrupted step at start."""
+    from k3srotd import daemon
+
+    sys.exit(daemon.main(obj.config_path, obj.log_format))
+
+
+def _confirm(question: str) -> bool:
+    from k3srotd.errors import ConfigError
+
+    if not sys.stdin.isatty():
+        raise ConfigError(f"{question.rstrip('?')}: cannot ask without a terminal; add --yes to confirm")
+    return click.confirm(question, default=False)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    from k3srotd.errors import K3srotdError
+
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="k3srotd", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("k3srotd: aborted; nothing was changed", err=True)
+        sys.exit(1)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except K3srotdError as e:
+        if sys.stderr.isatty():
+            sys.stderr.write("\r\033[K")
+        click.echo(f"k3srotd: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("k3srotd: interrupted", err=True)
+        sys.exit(1)
+    except Exception as e:
+        if debug or os.environ.get("K3SROTD_DEBUG"):
+            raise
+        click.echo(f"k3srotd: unexpected error: {type(e).__name__}: {e} (run with --debug for details)", err=True)
+        sys.exit(1)

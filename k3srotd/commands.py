@@ -1,0 +1,192 @@
+"""The manual commands: rotate-now, prune, rollback, and their dry runs."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import click
+
+from k3srotd import engine, keys, planner
+from k3srotd.clock import Clock
+from k3srotd.config import Config
+from k3srotd.durations import format_duration
+from k3srotd.errors import SafetyRefusal
+from k3srotd.k3s import K3s
+from k3srotd.state import ts
+
+Confirm = Callable[[str], bool]
+
+
+def _summary(live: keys.KeyFile, phase: str) -> str:
+    return f"phase {phase}: {live.signer.kid} signs; keys in order: {', '.join(live.kids)}"
+
+
+def _wait_until(clock: Clock, until: dt.datetime, what: str, progress: Any) -> None:
+    start = clock.monotonic()
+    while True:
+        left = (until - clock.now()).total_seconds()
+        if left <= 0:
+            return
+        if progress is not None:
+            progress(f"{what}: {format_duration(dt.timedelta(seconds=left))} left", clock.monotonic() - start)
+        clock.sleep(min(left, 1.0))
+
+
+def rotate_now(
+    cfg: Config,
+    log: Any,
+    events: Any,
+    progress: Any,
+    skip_publish_wait: bool,
+    ignore_window: bool,
+    clock: Optional[Clock] = None,
+) -> None:
+    clock = clock or Clock()
+    with engine.Session(cfg, clock, log, events, progress) as s:
+        data, live, obs = s.observe()
+        if obs.adopted:
+            raise SafetyRefusal(f"{obs.notes[0]}. Run rotate-now again to rotate from it")
+        if s.phase(live) != planner.PUBLISHED:
+            engine.require_window(cfg, clock.now(), "rotate-now", ignore_window)
+            if cfg.strategy == "direct":
+                live = s.rotate_direct(data, live)
+                click.echo(_summary(live, s.phase(live)))
+                return
+            live = s.publish(data, live)
+            click.echo(f"published {live.kids[-1]} (verify-only)")
+        else:
+            click.echo(f"continuing the rotation under way: {s.state.pending} is published")
+        published_at = s.state.published_at or clock.now()
+        if not skip_publish_wait:
+            _wait_until(clock, published_at + cfg.publish_wait, "publish-wait before promote", progress)
+        engine.require_window(cfg, clock.now(), "promote", ignore_window)
+        data, live, _ = s.read_live()
+        live = s.promote(data, live)
+        click.echo(_summary(live, s.phase(live)))
+
+
+def rotate_now_dry_run(cfg: Config, skip_publish_wait: bool, clock: Optional[Clock] = None) -> None:
+    clock = clock or Clock()
+    k3s = K3s(cfg)
+    v = engine.view(cfg, clock, k3s)
+    restart = " ".join(cfg.restart_command)
+    rotate_ca = " ".join(k3s.rotate_ca_argv())
+    click.echo(f"now: {_summary(v.live, v.phase)}")
+    new = f"<new RSA-{cfg.key_size} key>"
+    if v.phase != planner.PUBLISHED:
+        if cfg.strategy == "direct":
+            order = [new, *v.live.kids]
+            click.echo(f"would rotate (direct): stage {', '.join(order)}; run {rotate_ca}; run {restart}; verify")
+            return
+        click.echo(f"would publish: stage {', '.join([*v.live.kids, new])}; run {rotate_ca}; run {restart}; verify")
+        pending, kids, published_at = new, [*v.live.kids, new], v.now
+    else:
+        pending, kids = v.state.pending or "?", v.live.kids
+        published_at = v.state.published_at or v.now
+    when = "at once" if skip_publish_wait else f"not before {ts(published_at + cfg.publish_wait)}"
+    order = [pending, *(k for k in kids if k != pending)]
+    click.echo(f"would promote {when}: stage {', '.join(order)}; run {rotate_ca}; run {restart}; verify")
+    click.echo("dry run: nothing was written, run or restarted")
+
+
+def _prunable(cfg: Config, state: Any, live: keys.KeyFile, now: dt.datetime, force: bool) -> list[str]:
+    ret = planner.retired(state, live)
+    if force:
+        return [k for k, _ in ret]
+    return [k for k, at in ret if at + cfg.grace_period <= now]
+
+
+def _refuse_grace(cfg: Config, state: Any, live: keys.KeyFile) -> SafetyRefusal:
+    ret = planner.retired(state, live)
+    kid, at = min(ret, key=lambda r: r[1])
+    return SafetyRefusal(
+        f"{live.path}: no retired key has passed its grace-period ({cfg.grace_period}); the first, {kid}, "
+        f"retired at {ts(at)}, may be pruned from {ts(at + cfg.grace_period)}. Wait, or after a leak use "
+        "`prune --force`"
+    )
+
+
+def prune(
+    cfg: Config,
+    log: Any,
+    events: Any,
+    progress: Any,
+    force: bool,
+    yes: bool,
+    ignore_window: bool,
+    confirm: Confirm,
+    clock: Optional[Clock] = None,
+) -> None:
+    clock = clock or Clock()
+    with engine.Session(cfg, clock, log, events, progress) as s:
+        data, live, _ = s.observe()
+        if not planner.retired(s.state, live):
+            click.echo("nothing to prune: no retired key is published")
+            return
+        drop = _prunable(cfg, s.state, live, clock.now(), force)
+        if not drop:
+            raise _refuse_grace(cfg, s.state, live)
+        if force and not yes:
+            early = [k for k in drop if k not in _prunable(cfg, s.state, live, clock.now(), False)]
+            if early and not confirm(
+                f"Drop {len(early)} key(s) before their grace-period? Tokens they signed stop working"
+            ):
+                raise click.exceptions.Abort()
+        engine.require_window(cfg, clock.now(), "prune", ignore_window)
+        live = s.prune(data, live, tuple(drop))
+        click.echo(f"pruned {', '.join(drop)}; " + _summary(live, s.phase(live)))
+
+
+def prune_dry_run(cfg: Config, force: bool, clock: Optional[Clock] = None) -> None:
+    clock = clock or Clock()
+    v = engine.view(cfg, clock)
+    if not planner.retired(v.state, v.live):
+        click.echo("nothing to prune: no retired key is published")
+        return
+    drop = _prunable(cfg, v.state, v.live, v.now, force)
+    if not drop:
+        raise _refuse_grace(cfg, v.state, v.live)
+    keep = planner.prune_order(v.live, drop)
+    click.echo(f"would prune {', '.join(drop)}: stage {', '.join(keep)}; rotate-ca; restart; verify")
+    click.echo("dry run: nothing was written, run or restarted")
+
+
+def rollback(
+    cfg: Config,
+    log: Any,
+    events: Any,
+    progress: Any,
+    yes: bool,
+    confirm: Confirm,
+    clock: Optional[Clock] = None,
+) -> None:
+    clock = clock or Clock()
+    with engine.Session(cfg, clock, log, events, progress, retry_failed_rollback=True) as s:
+        intent = s.state.intent
+        if intent is not None:  # a failed rollback, kept for a human: try it again
+            live = s.executor.rollback_intent(f"manual retry of the rollback of {intent.step}")
+            click.echo(_summary(live, s.phase(live)))
+            return
+        last = s.state.last_step
+        if last is None:
+            raise SafetyRefusal(f"{s.store.path}: records no completed step to roll back")
+        data, live, _ = s.observe()
+        if live.kids != last.target_kids:
+            raise SafetyRefusal(
+                f"{live.path}: the live key set is not the one the last step ({last.step}) left; it changed "
+                "since. Refusing to roll back over it"
+            )
+        try:
+            backup = Path(last.backup).read_bytes()
+        except OSError:
+            raise SafetyRefusal(f"{last.backup}: the backup of the last step is gone; cannot roll back") from None
+        if not yes and not confirm(
+            f"Put back the key set from before the {last.step} of {ts(last.completed_at)} "
+            f"({', '.join(last.before_kids)}) and restart K3s?"
+        ):
+            raise click.exceptions.Abort()
+        staged = s.executor.restore_bytes(backup)
+        live = s.executor.run("rollback", data, live, staged)
+        click.echo(_summary(live, s.phase(live)))

@@ -1,0 +1,95 @@
+"""`k3srotd status`: keys, roles, phase, and what happens next and when. Reads only; writes nothing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any, Optional
+
+from k3srotd import engine
+from k3srotd.clock import Clock
+from k3srotd.config import Config
+from k3srotd.durations import format_duration
+from k3srotd.state import ts
+
+
+def snapshot(cfg: Config, clock: Optional[Clock] = None) -> dict[str, Any]:
+    """The contract's status object."""
+    v = engine.view(cfg, clock or Clock())
+    signer = v.live.signer.kid
+    out_keys = []
+    for i, b in enumerate(v.live.blocks):
+        rec = v.state.keys.get(b.kid)
+        retired = None if b.kid == signer or b.kid == v.state.pending or rec is None else rec.retired_at
+        out_keys.append(
+            {
+                "position": i,
+                "kid": b.kid,
+                "role": "signer" if b.kid == signer else "verify",
+                "algorithm": b.algorithm,
+                "bits": b.bits,
+                "retired_at": ts(retired),
+            }
+        )
+    plan = v.next_plan(cfg)
+    return {
+        "phase": v.phase,
+        "signer_kid": signer,
+        "keys": out_keys,
+        "last_rotation": ts(v.state.last_rotation),
+        "next_action": None if plan is None else {"action": plan.action, "not_before": ts(plan.not_before)},
+        # outside the contract's object, for the table only
+        "_view": v,
+    }
+
+
+def _when(t: Optional[dt.datetime], now: dt.datetime) -> str:
+    if t is None:
+        return "-"
+    delta = t - now
+    rel = f"in {format_duration(delta)}" if delta.total_seconds() > 0 else f"{format_duration(-delta)} ago"
+    return f"{ts(t)} ({rel})"
+
+
+def render(cfg: Config, as_json: bool, clock: Optional[Clock] = None) -> str:
+    snap = snapshot(cfg, clock)
+    v: engine.View = snap.pop("_view")
+    if as_json:
+        return json.dumps(snap) + "\n"
+    now = v.now
+    rows = [
+        ("phase", snap["phase"]),
+        ("signer", snap["signer_kid"]),
+        ("last rotation", _when(v.state.last_rotation, now)),
+    ]
+    plan = v.next_plan(cfg)
+    if plan is not None:
+        rows.append(("next", f"{plan.action} {_when(plan.not_before, now)}"))
+        if plan.not_before != plan.due:
+            rows.append(("", f"(due {ts(plan.due)}, held for the maintenance window)"))
+    if v.state.intent is not None:
+        rows.append(
+            (
+                "interrupted",
+                f"{v.state.intent.step} ({v.state.intent.stage}) since "
+                f"{_when(v.state.intent.started_at, now)}; the next k3srotd run finishes or undoes it",
+            )
+        )
+    if v.state.last_failure:
+        f = v.state.last_failure
+        rows.append(("last failure", f"{f.get('step')} at {f.get('at')}: {f.get('reason')}"))
+    for note in v.notes:
+        rows.append(("note", note))
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{k.ljust(width)}  {val}" for k, val in rows]
+    lines.append("")
+    table = [("POS", "KID", "ROLE", "ALG", "BITS", "RETIRED")]
+    for k in snap["keys"]:
+        rec = v.state.keys.get(k["kid"])
+        role = k["role"] if k["kid"] != v.state.pending else "verify (published)"
+        retired = _when(rec.retired_at if rec else None, now) if k["retired_at"] else "-"
+        table.append((str(k["position"]), k["kid"], role, k["algorithm"], str(k["bits"]), retired))
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for r in table:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return "\n".join(lines) + "\n"
