@@ -38,7 +38,6 @@ def test_format_duration() -> None:
 
 
 def test_defaults_when_no_file(tmp_path: Path) -> None:
-    cfg = config.load(None, {"K3SROTD_CONFIG": ""}) if False else None  # noqa: SIM108
     cfg = config.load(str(write(tmp_path / "c.yaml", f"k3s-config: {tmp_path}/none.yaml\n")))
     assert cfg.strategy == "staged" and cfg.key_size == 2048
     assert cfg.grace_period == dt.timedelta(hours=24)

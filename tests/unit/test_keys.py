@@ -61,6 +61,7 @@ def test_every_accepted_form_parses_and_first_private_key_signs() -> None:
 def test_crlf_blank_lines_and_other_blocks_are_kept_byte_for_byte() -> None:
     a_pem, a = _rsa_pkcs1()
     b_pem, b = _rsa_pkcs1()
+    assert _kid(b) != _kid(a)
     crlf = a_pem.replace(b"\n", b"\r\n")
     other = b"-----BEGIN SOMETHING ELSE-----\nAAAA\n-----END SOMETHING ELSE-----\n"
     data = b"# kept\n" + crlf + b"\r\n" + other + b_pem

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from functools import lru_cache
+from functools import cache
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -21,7 +21,7 @@ def T(s: str) -> dt.datetime:
     return dt.datetime.fromisoformat(s).replace(tzinfo=UTC)
 
 
-@lru_cache(maxsize=None)
+@cache
 def block(name: str) -> keys.KeyBlock:
     k = ec.generate_private_key(ec.SECP256R1())
     pem = k.private_bytes(
