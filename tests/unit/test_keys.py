@@ -77,7 +77,7 @@ def test_crlf_blank_lines_and_other_blocks_are_kept_byte_for_byte() -> None:
 
 def test_compose_appends_new_keys_and_drops_removed_and_duplicates() -> None:
     a_pem, a = _rsa_pkcs1()
-    b_pem, b = _rsa_pkcs1()
+    b_pem, _ = _rsa_pkcs1()
     kf = keys.parse(a_pem + b_pem + a_pem, "service.key")
     new = keys.generate(2048)
     out = keys.compose(kf, [new.kid, _kid(a)], [new])
