@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 from typing import Any, Callable, Optional
 
 from k3srotd import keys, planner
@@ -87,6 +88,10 @@ class Session:
         self.executor: Executor
 
     def __enter__(self) -> Session:
+        if not os.access(self.cfg.k3s_bin, os.X_OK):
+            raise ConfigError(
+                f"{self.cfg.k3s_bin}: the k3s binary is missing or not executable; install K3s or set k3s-bin"
+            )
         self.k3s.require_server_node()
         self.lock.acquire()
         try:

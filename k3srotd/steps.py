@@ -135,14 +135,21 @@ class Executor:
         )
         self.store.save(self.state)
         checkpoint("intent")
-        self.staging.write(staged)
+        try:
+            self.staging.write(staged)
+        except BaseException:
+            # nothing reached K3s: forget the step, leave no half-written key behind
+            self.staging.remove()
+            self.state.intent = None
+            self.store.save(self.state)
+            raise
         checkpoint("staged")
         res = self.k3s.rotate_ca()
         self.log.info(
             "rotate-ca",
             msg=f"rotate-ca exited {res.returncode}",
             argv=list(res.argv),
-            output=res.tail(10),
+            output=res.tail(3),
             step=step,
         )
         if not res.ok:

@@ -1,0 +1,111 @@
+"""Full rotations through the CLI against an emulated K3s server: what an operator would check."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+from conftest import Node, mode
+
+
+def test_staged_cycle_publish_promote_prune(node: Node) -> None:
+    srv = node.server
+    old = srv.signer_kid()
+    old_token = srv.request_token("default", "app")
+    before = node.status()
+    assert before["phase"] == "idle" and before["signer_kid"] == old
+
+    proc = node.ok("rotate-now")
+    st = node.status()
+    new = st["signer_kid"]
+    assert new != old
+    assert st["phase"] == "promoted"
+    assert [k["kid"] for k in st["keys"]] == [new, old]
+    assert [k["role"] for k in st["keys"]] == ["signer", "verify"]
+    assert st["keys"][0]["algorithm"] == "RSA" and st["keys"][0]["bits"] == 2048
+    assert st["keys"][0]["retired_at"] is None and st["keys"][1]["retired_at"] is not None
+    assert st["last_rotation"] is not None
+    assert st["next_action"]["action"] == "prune"
+    assert new in proc.stdout
+
+    # K3s itself: the new key signs, both verify, the old token still passes review
+    assert srv.signer_kid() == new
+    assert srv.jwks_kids() == [new, old]
+    assert srv.review_token(old_token)["authenticated"] is True
+    # both steps were logged as the contract's events, with their fields
+    events = {e["event"]: e for e in node.events()}
+    assert events["publish.done"]["kids"] == [old, new] and events["publish.done"]["signer_kid"] == old
+    assert events["promote.done"]["kids"] == [new, old] and events["promote.done"]["signer_kid"] == new
+    # files: staging removed, backups private, state private
+    assert not (node.staging_dir / "server" / "tls" / "service.key").exists()
+    backups = sorted((node.state_dir / "backups").iterdir())
+    assert len(backups) == 2 and all(mode(b) == 0o600 for b in backups)
+    assert mode(node.state_dir) == 0o700 and mode(node.state_dir / "backups") == 0o700
+    assert mode(node.state_dir / "state.json") == 0o600
+
+    # prune before grace: refused, nothing changed
+    live = node.live_bytes()
+    refused = node.k3srotd("prune")
+    assert refused.returncode == 3, refused.stderr
+    assert "grace-period" in refused.stderr
+    assert node.live_bytes() == live
+
+    # grace of 1 s: prune drops the old key; the old token stops verifying
+    node.write_config(grace_period="1s")
+    time.sleep(1.1)
+    node.ok("prune")
+    st = node.status()
+    assert st["phase"] == "idle" and [k["kid"] for k in st["keys"]] == [new]
+    assert srv.jwks_kids() == [new]
+    assert srv.review_token(old_token)["authenticated"] is False
+    assert "prune.done" in {e["event"] for e in node.events()}
+
+
+def test_direct_strategy_is_the_documented_procedure(node: Node) -> None:
+    node.write_config(strategy="direct")
+    old = node.server.signer_kid()
+    node.ok("rotate-now")
+    st = node.status()
+    assert st["keys"][1]["kid"] == old and st["signer_kid"] != old
+    assert node.server.signer_kid() == st["signer_kid"]
+    assert "rotate.done" in {e["event"] for e in node.events()}
+
+
+def test_rotate_now_continues_a_published_rotation(node: Node) -> None:
+    """rotate-now stopped during publish-wait; the next rotate-now promotes the key already published."""
+    node.write_config(publish_wait="1h")
+    old = node.server.signer_kid()
+    first = node.popen("rotate-now")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and node.status()["phase"] != "published":
+        time.sleep(0.2)
+    first.send_signal(signal.SIGTERM)
+    first.wait(timeout=10)
+    st = node.status()
+    assert st["phase"] == "published"
+    published = st["keys"][-1]["kid"]
+    assert st["next_action"]["action"] == "promote"
+    assert node.server.jwks_kids() == [old, published]
+    assert node.server.signer_kid() == old  # published keys verify, they do not sign
+
+    proc = node.ok("rotate-now", "--skip-publish-wait")
+    assert "continuing" in proc.stdout
+    assert node.status()["signer_kid"] == published == node.server.signer_kid()
+
+
+def test_dry_run_writes_runs_and_restarts_nothing(node: Node) -> None:
+    pid = node.server.pid
+    live = node.live_bytes()
+    proc = node.ok("rotate-now", "--dry-run")
+    assert "would publish" in proc.stdout and "would promote" in proc.stdout
+    assert node.live_bytes() == live
+    assert node.server.pid == pid
+    assert not node.state_dir.exists()
+    assert not node.staging_dir.exists()
+
+
+def test_status_table_for_humans(node: Node) -> None:
+    node.ok("rotate-now")
+    out = node.ok("status").stdout
+    assert out.splitlines()[0].split() == ["phase", "promoted"]
+    assert "KID" in out and "signer" in out and "next" in out and " ago)" in out
