@@ -295,10 +295,7 @@ class Executor:
         self.store.save(self.state)
         try:
             backup = Path(intent.backup).read_bytes()
-            if self.k3s.server_process() is None:
-                # rotate-ca needs a running server: start it on the key set the datastore has now.
-                self.k3s.restart()
-                self._wait_running()
+            self._ensure_running()
             restore = self.restore_bytes(backup)
             target = keys.parse(restore, intent.backup)
             proc = self.k3s.server_process()
@@ -338,6 +335,15 @@ class Executor:
         )
         self._emit("rollback.done", target, planner.phase(self.state, target))
         return target
+
+    def _ensure_running(self) -> ServerProcess:
+        """rotate-ca needs a running, ready server: restart K3s (on what the datastore holds now) if it is not."""
+        proc = self.k3s.server_process()
+        if proc is not None and (not self.cfg.verify_api or self.k3s.api().readyz()):
+            return proc
+        res = self.k3s.restart()
+        self.log.info("restart", msg=f"restart-command exited {res.returncode} (K3s was not running)")
+        return self._wait_running()
 
     def _wait_running(self) -> ServerProcess:
         start = self.clock.monotonic()

@@ -11,7 +11,6 @@ from typing import Any, Iterator, Optional
 
 import pytest
 import yaml
-
 from k3semu.harness import K3S_BIN, EmulatedServer, subprocess_env
 
 
