@@ -203,11 +203,7 @@ class MaintenanceWindow:
             candidates = [*self._instants(day, self.start), *((t, True) for t in self._transitions(day))]
             last = None
             for inst, repeat in sorted(candidates):
-                if (
-                    inst != last
-                    and self.contains(inst)
-                    and not (repeat and self.contains(inst - _ONE_SECOND))
-                ):
+                if inst != last and self.contains(inst) and not (repeat and self.contains(inst - _ONE_SECOND)):
                     last = inst
                     yield inst
 
