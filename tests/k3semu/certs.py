@@ -95,7 +95,7 @@ def _validate(old: Dict[str, str], new: Dict[str, str]) -> List[str]:
 
 def replace(server_dir: str, data_dir: str, body: bytes, force: bool, datastore: bootstrap.Datastore) -> None:
     """Raise CertError (or ValueError) on failure; on success the datastore holds the new data."""
-    if faults.take(data_dir, "rotate_ca_fail"):
+    if faults.take(data_dir, "rotate_ca_fail") is not None:
         raise CertError("emulated failure (fault rotate_ca_fail)")
     tmpdir = tempfile.mkdtemp(dir=server_dir, prefix=".rotate-ca-tmp-")
     try:
@@ -116,11 +116,11 @@ def replace(server_dir: str, data_dir: str, body: bytes, force: bool, datastore:
                 raise CertError("failed to validate new CA certificates and keys: " + message)
             log.warn("Save of CA certificates and keys forced, ignoring validation errors: " + message)
         files = bootstrap.read_from_disk(new_paths)
-        if faults.take(data_dir, "datastore_write_fail"):
+        if faults.take(data_dir, "datastore_write_fail") is not None:
             raise CertError(
                 "failed to save bootstrap data: emulated datastore write failure (fault datastore_write_fail)"
             )
-        if faults.take(data_dir, "stale_keys"):
+        if faults.take(data_dir, "stale_keys") is not None:
             log.debug("fault stale_keys: bootstrap data not written to the datastore (K3s issue #8952)")
             return
         with datastore.locked():

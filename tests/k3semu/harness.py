@@ -198,6 +198,15 @@ class EmulatedServer:
             time.sleep(0.05)
         raise ServerError(f"k3s server for {self.data_dir} not ready after {timeout}s:\n{self.log()[-3000:]}")
 
+    def wait_exit(self, timeout: float = 30) -> int:
+        """Wait for the process this harness started last to exit (e.g. a fatal start); its exit status."""
+        if not self._procs:
+            raise ServerError("no process started by this harness")
+        try:
+            return self._procs[-1].wait(timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise ServerError(f"k3s server for {self.data_dir} still running after {timeout}s") from exc
+
     def _signal_all(self, sig: int) -> List[int]:
         pids = set()
         pid = read_pid(str(self.data_dir))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import hashlib
 import ipaddress
 import re
@@ -96,6 +97,7 @@ def der_private_kind(der: bytes) -> Optional[str]:
     return {0x02: "pkcs1", 0x30: "pkcs8", 0x04: "sec1"}.get(nxt)
 
 
+@functools.lru_cache(maxsize=64)
 def _load_private(der: bytes) -> Optional[PrivateKey]:
     try:
         key = serialization.load_der_private_key(der, password=None)
@@ -106,6 +108,7 @@ def _load_private(der: bytes) -> Optional[PrivateKey]:
     return None
 
 
+@functools.lru_cache(maxsize=64)
 def _load_public(der: bytes) -> Optional[PublicKey]:
     try:
         pub: Any = serialization.load_der_public_key(der)

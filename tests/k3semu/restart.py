@@ -111,7 +111,7 @@ def wait_ready(data_dir: str, proc: subprocess.Popen, timeout: float) -> Optiona
                 return None
         except (OSError, ValueError, KeyError, TypeError):
             pass
-        time.sleep(0.1)
+        time.sleep(0.05)
     return f"k3s server (pid {proc.pid}) not ready after {timeout:g}s"
 
 

@@ -159,7 +159,7 @@ def _serve(
             log.info("Saving cluster bootstrap data to datastore")
             datastore.write(bootstrap.read_from_disk(bootstrap.paths(server_dir)))
 
-    if faults.take(data_dir, "crash_at_start"):
+    if faults.take(data_dir, "crash_at_start") is not None:
         log.fatal(
             "Error: failed to start kube-apiserver: emulated crash at start "
             "(fault crash_at_start, like K3s issue #11014)"
@@ -225,7 +225,7 @@ def _serve(
         jwks_uri=jwks_uri,
     )
     httpd = _listen(state, crt, key, client_ca)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     serving.set()
     kids = ",".join(keys.kid_of(k) for k in public_keys)
