@@ -46,6 +46,9 @@ def rotate_now(
     clock = clock or Clock()
     with engine.Session(cfg, clock, log, events, progress) as s:
         data, live, obs = s.observe()
+        if s.executor.resumed in (("promote", "finished"), ("rotate", "finished")):
+            click.echo("finished the rotation an earlier k3srotd left; " + _summary(live, s.phase(live)))
+            return
         if obs.adopted:
             raise SafetyRefusal(f"{obs.notes[0]}. Run rotate-now again to rotate from it")
         if s.phase(live) != planner.PUBLISHED:
@@ -164,6 +167,10 @@ def rollback(
 ) -> None:
     clock = clock or Clock()
     with engine.Session(cfg, clock, log, events, progress, retry_failed_rollback=True) as s:
+        if s.executor.resumed == ("rollback", "finished"):
+            _, live, _ = s.read_live()
+            click.echo("finished the rollback an earlier k3srotd left; " + _summary(live, s.phase(live)))
+            return
         intent = s.state.intent
         if intent is not None:  # a failed rollback, kept for a human: try it again
             live = s.executor.rollback_intent(f"manual retry of the rollback of {intent.step}")

@@ -36,9 +36,10 @@ Progress = Callable[[str, float], None]
 Events = Callable[[str, str, Sequence[str], str], None]  # event, signer kid, kids, phase
 
 
-def checkpoint(name: str) -> None:
-    """A side-effect boundary. The crash tests name one in the environment and are killed right here."""
-    if os.environ.get(CRASH_ENV) == name:
+def checkpoint(step: str, name: str) -> None:
+    """A side-effect boundary. The crash tests name one in the environment (`promote:uploaded`, or just
+    `uploaded` for the first step that reaches it) and are killed right here."""
+    if os.environ.get(CRASH_ENV) in (name, f"{step}:{name}"):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -73,6 +74,7 @@ class Executor:
         self.progress = progress
         self.staging = Staging(cfg.staging_dir)
         self.backups = Backups(cfg.backup_dir, cfg.backup_keep)
+        self.resumed: Optional[tuple[str, str]] = None  # (step, finished|undone|rolled-back|forgotten)
 
     # --- helpers
     def _intent(self) -> Intent:
@@ -120,7 +122,7 @@ class Executor:
             target_kids=target.kids,
         )
         backup = self.backups.save(live_bytes, step, now)
-        checkpoint("backup")
+        checkpoint(step, "backup")
         self.state.intent = Intent(
             step=step,
             started_at=now,
@@ -134,7 +136,7 @@ class Executor:
             server_started=proc.started,
         )
         self.store.save(self.state)
-        checkpoint("intent")
+        checkpoint(step, "intent")
         try:
             self.staging.write(staged)
         except BaseException:
@@ -143,7 +145,7 @@ class Executor:
             self.state.intent = None
             self.store.save(self.state)
             raise
-        checkpoint("staged")
+        checkpoint(step, "staged")
         res = self.k3s.rotate_ca()
         self.log.info(
             "rotate-ca",
@@ -159,11 +161,11 @@ class Executor:
             self._fail(step, reason, live)
             self.store.save(self.state)
             raise StepFailed(f"{step} failed: {reason}")
-        checkpoint("uploaded")
+        checkpoint(step, "uploaded")
         self.state.intent.stage = "restarting"
         self.store.save(self.state)
         try:
-            self._restart_and_verify(target, staged, proc)
+            self._restart_and_verify(step, target, staged, proc)
         except VerifyFailed as e:
             self._fail(step, str(e), live)
             self.store.save(self.state)
@@ -171,16 +173,16 @@ class Executor:
             raise StepFailed(f"{step} failed: {e}; the previous key set was restored") from None
         return self.commit(step, target)
 
-    def _restart_and_verify(self, target: keys.KeyFile, staged: bytes, old: Optional[ServerProcess]) -> None:
+    def _restart_and_verify(self, step: str, target: keys.KeyFile, staged: bytes, old: Optional[ServerProcess]) -> None:
         res = self.k3s.restart()
         self.log.info(
             "restart", msg=f"restart-command exited {res.returncode}", argv=list(res.argv), output=res.tail(5)
         )
         if not res.ok:
             self.log.warning("restart", msg=f"restart-command failed ({res.tail()}); checking K3s anyway")
-        checkpoint("restarted")
+        checkpoint(step, "restarted")
         self.wait_for(target, staged, old)
-        checkpoint("verified")
+        checkpoint(step, "verified")
 
     def wait_for(self, target: keys.KeyFile, staged: bytes, old: Optional[ServerProcess]) -> None:
         """Until restart-timeout: K3s back, on a new process, serving exactly `staged`. VerifyFailed if not."""
@@ -255,7 +257,7 @@ class Executor:
         self.state.intent = None
         self.state.last_success[step] = ts(now) or ""
         self.store.save(self.state)
-        checkpoint("committed")
+        checkpoint(step, "committed")
         self.backups.trim(protect={intent.backup})
         phase = planner.phase(self.state, target)
         self.log.info(
@@ -300,11 +302,11 @@ class Executor:
             target = keys.parse(restore, intent.backup)
             proc = self.k3s.server_process()
             self.staging.write(restore)
-            checkpoint("rollback-staged")
+            checkpoint("rollback", "staged")
             res = self.k3s.rotate_ca()
             if not res.ok:
                 raise VerifyFailed(f"rotate-ca refused the backup: {res.tail()}")
-            self._restart_and_verify(target, restore, proc)
+            self._restart_and_verify("rollback", target, restore, proc)
         except (VerifyFailed, OSError, SafetyRefusal, keys.KeyFileError) as e:
             intent.stage = "rollback-failed"
             self.store.save(self.state)
@@ -375,6 +377,7 @@ class Executor:
         )
         if intent.stage == "rolling-back":
             self.rollback_intent(f"interrupted rollback of {intent.step}")
+            self.resumed = (intent.step, "rolled-back")
             return f"finished the interrupted rollback of {intent.step}"
         try:
             self._wait_running()
@@ -390,8 +393,10 @@ class Executor:
             except VerifyFailed as e:
                 self._fail(intent.step, str(e), live)
                 self.rollback_intent(f"interrupted {intent.step} failed verification: {e}")
+                self.resumed = (intent.step, "rolled-back")
                 return f"rolled back the interrupted {intent.step}"
             self.commit(intent.step, live)
+            self.resumed = (intent.step, "finished")
             return f"finished the interrupted {intent.step}"
         if live.kids == intent.before_kids:
             # K3s still runs the old set; rotate-ca may have saved the new one. Put the datastore back to
