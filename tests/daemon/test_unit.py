@@ -83,7 +83,8 @@ def test_the_contract_settings() -> None:
         "Restart=on-failure",
         "StateDirectory=k3srotd",
         "StateDirectoryMode=0700",
-        "ReadWritePaths=/opt/k3s",
+        "ReadWritePaths=-/opt/k3s",
+        "ExecStartPre=+/bin/mkdir -p -m 0700 /opt/k3s",
         "ReadWritePaths=-/var/lib/node_exporter/textfile_collector",
         "TimeoutStopSec=15min",
     ):
