@@ -16,7 +16,17 @@ logged as a warning; it never fails the step and never stops the hooks after it.
 Names starting with '.' and files that are not executable are skipped (logged at debug). As a hook runs as
 root, k3srotd refuses, with a warning, a hooks-dir or hook file that is writable by group or others or that
 is owned by someone other than root or the user k3srotd runs as. Under the packaged systemd unit hooks run
-inside its sandbox: most of the file system is read-only to them.
+inside its sandbox: most of the file system is read-only to them, /tmp is private, the network is reachable.
+
+Example: /etc/k3srotd/hooks.d/50-webhook (root's, mode 0755) posts each step to a chat webhook; the URL comes
+from the unit's environment (`systemctl edit k3srotd`: `[Service]` `Environment=WEBHOOK_URL=https://...`)::
+
+    #!/bin/sh
+    # Post each k3srotd step to a Slack/Mattermost-style webhook: {"text": "..."}.
+    set -eu
+    text="$(uname -n): k3srotd $K3SROTD_EVENT, phase $K3SROTD_PHASE, signer $K3SROTD_SIGNER_KID, keys $K3SROTD_KIDS"
+    exec curl --fail --silent --show-error --max-time 20 \\
+        -H 'Content-Type: application/json' --data "{\\"text\\": \\"$text\\"}" "$WEBHOOK_URL"
 """
 
 from __future__ import annotations

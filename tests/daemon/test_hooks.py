@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
+import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from k3srotd import hooks as hooks_module
 from k3srotd.hooks import OUTPUT_LIMIT, run_hooks
 
 KIDS = ["kidB", "kidA"]
@@ -236,3 +241,45 @@ def alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+def example_hook() -> str:
+    """The example hook in the hooks module's documentation, as an operator would copy it."""
+    doc = hooks_module.__doc__ or ""
+    block = doc.split("Example:", 1)[1].split("::\n", 1)[1]
+    lines = [line[4:] for line in block.splitlines() if line.startswith("    ") or not line.strip()]
+    return "\n".join(lines).strip() + "\n"
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the example hook uses curl")
+def test_the_documented_webhook_example_posts_the_step(hooks_dir: Path) -> None:
+    received: list[tuple[str, bytes]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.headers["Content-Type"], body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        p = hooks_dir / "50-webhook"
+        p.write_text(example_hook())
+        p.chmod(0o755)
+        log = Recorder()
+        url = f"http://127.0.0.1:{server.server_address[1]}/hooks/xyz"
+        [res] = run(hooks_dir, log, WEBHOOK_URL=url)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert res.ok, res
+    [(content_type, body)] = received
+    assert content_type == "application/json"
+    text = json.loads(body)["text"]
+    assert text == f"{os.uname().nodename}: k3srotd promote.done, phase promoted, signer kidB, keys kidB,kidA"
