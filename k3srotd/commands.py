@@ -176,10 +176,10 @@ def rollback(
             live = s.executor.rollback_intent(f"manual retry of the rollback of {intent.step}")
             click.echo(_summary(live, s.phase(live)))
             return
+        data, live, _ = s.observe()
         last = s.state.last_step
         if last is None:
             raise SafetyRefusal(f"{s.store.path}: records no completed step to roll back")
-        data, live, _ = s.observe()
         if live.kids != last.target_kids:
             raise SafetyRefusal(
                 f"{live.path}: the live key set is not the one the last step ({last.step}) left; it changed "

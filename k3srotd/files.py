@@ -73,12 +73,25 @@ class Staging:
                     f"{self.tls}: holds {', '.join(others)}; rotate-ca would upload them too. Move them away"
                 )
 
-    def write(self, data: bytes) -> None:
+    def prepare(self) -> None:
+        """Check the staging path and create its folders (0700): before any step begins."""
         self.check()
         try:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             ensure_private_dir(self.server)
             ensure_private_dir(self.tls)
+        except PermissionError as e:
+            raise ConfigError(
+                f"{e.filename or self.root}: staging-dir is not writable; fix its permissions or set staging-dir"
+            ) from None
+        except OSError as e:
+            raise ConfigError(
+                f"{e.filename or self.root}: cannot create the staging folders ({e.strerror}); set staging-dir"
+            ) from None
+
+    def write(self, data: bytes) -> None:
+        self.prepare()
+        try:
             write_atomic(self.key, data, 0o600)
         except PermissionError as e:
             raise ConfigError(
@@ -97,7 +110,7 @@ class Staging:
         """Remove the staged key once K3s has loaded it; and the folders k3srotd made, when empty."""
         try:
             self.key.unlink()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return
         fsync_dir(self.tls)
         for d in (self.tls, self.server):

@@ -95,15 +95,16 @@ class K3s:
 
     # --- process
     def server_process(self) -> Optional[ServerProcess]:
-        """The K3s server of our data dir: the only one, or the one whose argv names our data dir."""
-        procs = server_processes(os.path.basename(self.cfg.k3s_bin))
-        if len(procs) <= 1:
-            return procs[0][0] if procs else None
+        """The K3s server of our data dir: the one whose argv names it, else one whose argv names none (K3s
+        rewrites its title to `k3s server`, hiding its flags). A server of another data dir is never ours."""
         ours = os.path.realpath(self.cfg.k3s_data_dir)
-        for proc, data_dir in procs:
-            if os.path.realpath(data_dir or DEFAULT_K3S_DATA_DIR) == ours:
+        hidden = None
+        for proc, data_dir in server_processes(os.path.basename(self.cfg.k3s_bin)):
+            if data_dir is None:
+                hidden = hidden or proc
+            elif os.path.realpath(data_dir) == ours:
                 return proc
-        return None
+        return hidden
 
     # --- commands
     def rotate_ca_argv(self) -> list[str]:

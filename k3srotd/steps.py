@@ -106,7 +106,7 @@ class Executor:
         the live keys as they were (or restored)."""
         now = self.clock.now()
         target = keys.parse(staged, str(self.staging.key))
-        self.staging.check()
+        self.staging.prepare()
         proc = self.k3s.server_process()
         if proc is None:
             raise SafetyRefusal(
