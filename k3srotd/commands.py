@@ -64,10 +64,36 @@ def rotate_now(
         published_at = s.state.published_at or clock.now()
         if not skip_publish_wait:
             _wait_until(clock, published_at + cfg.publish_wait, "publish-wait before promote", progress)
+        _await_promote_gate(s, cfg, clock, log, progress)
         engine.require_window(cfg, clock.now(), "promote", ignore_window)
         data, live, _ = s.read_live()
         live = s.promote(data, live)
         click.echo(_summary(live, s.phase(live)))
+
+
+GATE_POLL_SECONDS = 10.0
+
+
+def _await_promote_gate(s: engine.Session, cfg: Config, clock: Clock, log: Any, progress: Any) -> None:
+    """Wait until the new key may sign (e.g. the public issuer lists it). Past issuer-wait-warn, warn loudly and
+    keep waiting: a signer that Entra cannot verify breaks every workload's identity."""
+    start = clock.monotonic()
+    warned = False
+    while True:
+        reason = s.promote_gate()
+        if reason is None:
+            return
+        waited = clock.monotonic() - start
+        if not warned and waited >= cfg.issuer_wait_warn.total_seconds():
+            warned = True
+            log.warning(
+                "promote.waiting",
+                msg=f"promote has waited {format_duration(dt.timedelta(seconds=waited))}"
+                f" for: {reason}; still waiting (Ctrl-C is safe: the key stays published)",
+            )
+        if progress is not None:
+            progress(f"before promote, waiting for: {reason}", waited)
+        clock.sleep(GATE_POLL_SECONDS)
 
 
 def rotate_now_dry_run(cfg: Config, skip_publish_wait: bool, clock: Optional[Clock] = None) -> None:
@@ -137,6 +163,10 @@ def prune(
                 f"Drop {len(early)} key(s) before their grace-period? Tokens they signed stop working"
             ):
                 raise click.exceptions.Abort()
+        if not force:
+            reason = s.prune_gate(tuple(drop))
+            if reason is not None:
+                raise SafetyRefusal(f"prune delayed: {reason}. `prune --force` overrides")
         engine.require_window(cfg, clock.now(), "prune", ignore_window)
         live = s.prune(data, live, tuple(drop))
         click.echo(f"pruned {', '.join(drop)}; " + _summary(live, s.phase(live)))

@@ -61,6 +61,12 @@ class Config:
     log_format: str = "auto"
     metrics_file: str = ""
     hooks_dir: str = "/etc/k3srotd/hooks.d"
+    # workload identity (beyond the contract's table; see the README)
+    oidc_issuer_url: str = ""  # overrides K3s's service-account-issuer
+    verify_issuer: str = "auto"  # auto | true | false
+    issuer_wait_warn: dt.timedelta = dt.timedelta(hours=1)
+    verify_tokens: bool = True
+    prune_token_metrics: bool = True
     k3s: K3sSettings = K3sSettings()
     sources: tuple[str, ...] = ()
 
@@ -172,6 +178,18 @@ def _url(v: Any) -> str:
     return s
 
 
+def _optional_url(v: Any) -> str:
+    return "" if v in ("", None) else _url(v)
+
+
+def _tristate(v: Any) -> str:
+    """auto | true | false; YAML's bare true/false are accepted too."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    result: str = _choice("auto", "true", "false")(v)
+    return result
+
+
 # key -> (field name, checker)
 SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "k3s-bin": ("k3s_bin", _nonempty_path),
@@ -195,6 +213,11 @@ SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "log-format": ("log_format", _choice("auto", "journal", "json", "console")),
     "metrics-file": ("metrics_file", _path),
     "hooks-dir": ("hooks_dir", _nonempty_path),
+    "oidc-issuer-url": ("oidc_issuer_url", _optional_url),
+    "verify-issuer": ("verify_issuer", _tristate),
+    "issuer-wait-warn": ("issuer_wait_warn", _positive_duration),
+    "verify-tokens": ("verify_tokens", _bool),
+    "prune-token-metrics": ("prune_token_metrics", _bool),
 }
 
 

@@ -98,8 +98,18 @@ class Session:
             self.state = self.store.load(self.clock.now())
             for note in self.store.notes:
                 self.log.warning("state.rebuilt", msg=note)
+            from k3srotd import gates
+
             self.executor = Executor(
-                self.cfg, self.k3s, self.store, self.state, self.clock, self.log, self.events, self.progress
+                self.cfg,
+                self.k3s,
+                self.store,
+                self.state,
+                self.clock,
+                self.log,
+                self.events,
+                self.progress,
+                checks=gates.step_checks(self.cfg, self.k3s, self.log),
             )
             intent = self.state.intent
             if intent is not None and intent.stage == "rollback-failed" and self.retry_failed_rollback:
@@ -163,6 +173,20 @@ class Session:
         self.warn_token_lifetime("prune")
         staged = keys.compose(live, planner.prune_order(live, drop))
         return self.executor.run("prune", data, live, staged)
+
+    def promote_gate(self) -> Optional[str]:
+        """None when the published key may start signing; else what is awaited (e.g. the public issuer)."""
+        from k3srotd import gates
+
+        if self.state.pending is None:
+            return None
+        return gates.promote_gate(self.cfg, self.k3s, self.log, self.state.pending, self.clock.now())
+
+    def prune_gate(self, drop: tuple[str, ...]) -> Optional[str]:
+        """None when the keys may go; else why live tokens may still need them."""
+        from k3srotd import gates
+
+        return gates.prune_gate(self.cfg, self.k3s, self.log, drop, self.clock.now())
 
     def warn_token_lifetime(self, step: str) -> None:
         k = self.cfg.k3s

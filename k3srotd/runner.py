@@ -31,13 +31,18 @@ class Result:
 def run(argv: Sequence[str], timeout: float, env: Optional[Mapping[str, str]] = None) -> Result:
     """Run argv in its own process group; on timeout kill the whole group (a hung child must not linger)."""
     args = tuple(argv)
+    if env is None:
+        from k3srotd.notify import child_environ
+
+        # k3s and systemctl must not speak to systemd as if they were k3srotd (NOTIFY_SOCKET, WATCHDOG_*)
+        env = child_environ()
     try:
         proc = subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=None if env is None else dict(env),
+            env=dict(env),
             start_new_session=True,
         )
     except OSError as e:

@@ -63,7 +63,9 @@ class Executor:
         log: Any,
         events: Optional[Events] = None,
         progress: Optional[Progress] = None,
+        checks: Sequence[Any] = (),
     ) -> None:
+        self.checks = list(checks)  # gates.StepCheck: before_restart / after_restart around each restart
         self.cfg = cfg
         self.k3s = k3s
         self.store = store
@@ -174,6 +176,8 @@ class Executor:
         return self.commit(step, target)
 
     def _restart_and_verify(self, step: str, target: keys.KeyFile, staged: bytes, old: Optional[ServerProcess]) -> None:
+        for check in self.checks:
+            check.before_restart(step, target)
         res = self.k3s.restart()
         self.log.info(
             "restart", msg=f"restart-command exited {res.returncode}", argv=list(res.argv), output=res.tail(5)
@@ -182,6 +186,8 @@ class Executor:
             self.log.warning("restart", msg=f"restart-command failed ({res.tail()}); checking K3s anyway")
         checkpoint(step, "restarted")
         self.wait_for(target, staged, old)
+        for check in self.checks:
+            check.after_restart(step, target)
         checkpoint(step, "verified")
 
     def wait_for(self, target: keys.KeyFile, staged: bytes, old: Optional[ServerProcess]) -> None:
