@@ -169,7 +169,7 @@ def client(c: Container, stage: Path) -> KubeClient:
 
 
 def test_started_as_notify_unit(box: tuple) -> None:
-    c, stage, port = box
+    c, stage, _ = box
     assert c.show("ActiveState") == "active"
     assert c.show("StatusText") == "k3s is up and running"
     pid = c.show("MainPID")
@@ -196,7 +196,7 @@ def test_rotation_with_systemctl_restart(box: tuple) -> None:
 
 
 def test_crash_at_start_is_restarted_by_systemd(box: tuple) -> None:
-    c, stage, port = box
+    c, stage, _ = box
     c.sh('echo \'{"crash_at_start": {"times": 1}}\' > /var/lib/rancher/k3s/emulator/faults.json')
     restarts = int(c.show("NRestarts"))
     assert c.sh("systemctl restart k3s", check=False).returncode != 0
