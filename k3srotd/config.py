@@ -61,7 +61,8 @@ class Config:
     log_format: str = "auto"
     metrics_file: str = ""
     hooks_dir: str = "/etc/k3srotd/hooks.d"
-    # workload identity (beyond the contract's table; see the README)
+    # beyond the contract's table (see the README)
+    max_splay: dt.timedelta = dt.timedelta(minutes=15)  # the daemon delays due steps by up to this, per node
     oidc_issuer_url: str = ""  # overrides K3s's service-account-issuer
     verify_issuer: str = "auto"  # auto | true | false
     issuer_wait_warn: dt.timedelta = dt.timedelta(hours=1)
@@ -213,6 +214,7 @@ SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "log-format": ("log_format", _choice("auto", "journal", "json", "console")),
     "metrics-file": ("metrics_file", _path),
     "hooks-dir": ("hooks_dir", _nonempty_path),
+    "max-splay": ("max_splay", _duration),
     "oidc-issuer-url": ("oidc_issuer_url", _optional_url),
     "verify-issuer": ("verify_issuer", _tristate),
     "issuer-wait-warn": ("issuer_wait_warn", _positive_duration),

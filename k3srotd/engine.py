@@ -142,8 +142,9 @@ class Session:
         obs = planner.observe(self.state, live, self.clock.now(), mtime)
         for note in obs.notes:
             self.log.warning("keys.adopted" if obs.adopted else "keys.observed", msg=note)
-        self.state.__dict__.update(obs.state.__dict__)
-        self.store.save(self.state)
+        if obs.state.to_json() != self.state.to_json():
+            self.state.__dict__.update(obs.state.__dict__)
+            self.store.save(self.state)
         return data, live, obs
 
     def phase(self, live: keys.KeyFile) -> str:

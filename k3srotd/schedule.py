@@ -1,0 +1,56 @@
+"""Pure scheduling decisions for the daemon: from the planner's next step, the clock, the maintenance window,
+this node's splay and any retry back-off, whether to act now, and when to look again.
+
+Due times always come from state + live file + clock (planner), never from a job store that could drift.
+A step missed while the daemon was down is due at once when it starts again (like systemd's Persistent=).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+from typing import Any, Optional
+
+from k3srotd import planner
+
+RECHECK = dt.timedelta(hours=1)  # look at the live file at least this often: an operator may change it
+
+
+def splay(node: str, limit: dt.timedelta) -> dt.timedelta:
+    """A delay in [0, limit) that is the same for a node every time, so a fleet spreads out deterministically."""
+    if limit.total_seconds() <= 0:
+        return dt.timedelta(0)
+    h = int.from_bytes(hashlib.sha256(node.encode()).digest()[:8], "big")
+    return dt.timedelta(seconds=h % int(limit.total_seconds()))
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    plan: Optional[planner.Plan]  # the step to do now, or None
+    wake: dt.datetime  # when to decide again
+    next_plan: Optional[planner.Plan]  # what comes next (for status), due now or later
+    start: Optional[dt.datetime]  # when next_plan may start: due + splay, inside the window, after back-off
+
+
+def decide(
+    cfg: Any,
+    state: Any,
+    live: Any,
+    now: dt.datetime,
+    live_mtime: dt.datetime,
+    node_splay: dt.timedelta = dt.timedelta(0),
+    retry_after: Optional[dt.datetime] = None,
+) -> Decision:
+    plan = planner.next_plan(cfg, state, live, now, live_mtime)
+    if plan is None:
+        return Decision(None, now + RECHECK, None, None)
+    start = plan.not_before + node_splay
+    if retry_after is not None and retry_after > start:
+        start = retry_after
+    win = cfg.maintenance_window
+    if win is not None and not win.contains(max(start, now)):
+        start = win.next_start(max(start, now))
+    if start <= now:
+        return Decision(plan, now, plan, start)
+    return Decision(None, min(start, now + RECHECK), plan, start)

@@ -1,0 +1,195 @@
+"""The daemon: a year of schedule walked with a fake clock through real steps on the emulator, and `k3srotd run`
+as a real process for READY/STATUS/WATCHDOG, SIGHUP and SIGTERM."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Node
+from k3semu.harness import subprocess_env
+
+from k3srotd import config, logs
+from k3srotd.clock import FakeClock
+from k3srotd.daemon import Daemon
+
+
+@pytest.mark.slow
+def test_a_year_of_schedule_in_seconds(node: Node) -> None:
+    node.write_config(rotation_interval="90d", publish_wait="10m", grace_period="24h", max_splay="0s")
+    cfg = config.load(str(node.config))
+    stream = io.StringIO()
+    log = logs.configure("json", stream=stream)
+    start = dt.datetime.now(dt.timezone.utc)
+    clock = FakeClock(start)
+    d = Daemon(cfg, log, clock)
+    ticks = 0
+    steps: list[tuple[str, dt.datetime]] = []
+    seen: dict[str, str] = {}
+    state_file = node.state_dir / "state.json"
+    while clock.now() < start + dt.timedelta(days=365):
+        wake = d.tick()
+        ticks += 1
+        done = json.loads(state_file.read_text())["last_success"] if state_file.exists() else {}
+        for step, when in sorted(done.items(), key=lambda kv: kv[1]):
+            if seen.get(step) != when:
+                steps.append((f"{step}.done", dt.datetime.fromisoformat(when.replace("Z", "+00:00"))))
+        seen = dict(done)
+        clock.advance(max(1.0, (wake - clock.now()).total_seconds()))
+    logs.reset()
+    assert "step.failed" not in stream.getvalue()
+    names = [s for s, _ in steps]
+    assert names == ["publish.done", "promote.done", "prune.done"] * 4, names
+    day = dt.timedelta(days=1)
+    # the live key is new: first rotation 90 days on, promote 10 minutes after publish, prune a day after promote
+    pub1, prom1, prune1 = (t for _, t in steps[:3])
+    assert abs(pub1 - (start + 90 * day)) < dt.timedelta(minutes=2)
+    assert dt.timedelta(minutes=10) <= prom1 - pub1 < dt.timedelta(minutes=12)
+    assert day <= prune1 - prom1 < day + dt.timedelta(minutes=2)
+    pub2 = steps[3][1]
+    assert abs(pub2 - (prom1 + 90 * day)) < dt.timedelta(minutes=2)
+    # it sleeps until the next decision, looking at the live file hourly in between
+    assert ticks <= 365 * 24 + 50
+    assert len(node.server.jwks_kids()) == 1
+
+
+class NotifySocket:
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.path = path
+        self.messages: list[str] = []
+
+    def drain(self, until: float) -> None:
+        while time.monotonic() < until:
+            try:
+                self.messages.append(self.sock.recv(65536).decode())
+            except socket.timeout:
+                return
+
+    def wait_for(self, text: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for m in self.messages:
+                if text in m:
+                    return m
+            self.drain(deadline)
+        raise AssertionError(f"no {text!r} in {self.messages}")
+
+
+def _run(node: Node, notify: NotifySocket, **env: str) -> subprocess.Popen:
+    e = subprocess_env({"NOTIFY_SOCKET": str(notify.path), **env})
+    return subprocess.Popen(
+        [sys.executable, "-m", "k3srotd", "--config", str(node.config), "run"],
+        env=e,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_run_ready_status_watchdog_and_sighup(node: Node, tmp_path: Path) -> None:
+    node.write_config(max_splay="0s")
+    notify = NotifySocket(tmp_path / "notify.sock")
+    proc = _run(node, notify, WATCHDOG_USEC="400000", WATCHDOG_PID="")
+    try:
+        notify.wait_for("READY=1")
+        status = notify.wait_for("next publish at")
+        assert status.startswith("STATUS=phase idle; ")
+        notify.wait_for("WATCHDOG=1")
+        # a bad config on SIGHUP keeps the old one and says why
+        bad = Path(str(node.config) + ".d")
+        bad.mkdir()
+        (bad / "99-typo.yaml").write_text("grace-perid: 1h\n")
+        notify.messages.clear()
+        proc.send_signal(signal.SIGHUP)
+        notify.wait_for("RELOADING=1")
+        notify.wait_for("READY=1")
+        assert proc.poll() is None
+        (bad / "99-typo.yaml").unlink()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 0, err
+    records = [json.loads(ln) for ln in err.splitlines() if ln.startswith("{")]
+    failed = [r for r in records if r["event"] == "config.reload-failed"]
+    assert failed and "grace-perid" in failed[0]["msg"] and "old one stays" in failed[0]["msg"]
+    notify.drain(time.monotonic() + 0.5)
+    assert "STOPPING=1" in "".join(notify.messages)
+
+
+def test_sigterm_mid_step_finishes_the_step(node: Node, tmp_path: Path) -> None:
+    # a key due at once, a restart that takes 3 s: SIGTERM arrives while K3s restarts
+    node.write_config(rotation_interval="1s", publish_wait="1h", max_splay="0s")
+    node.server.set_faults({"slow_start": {"times": 1, "seconds": 3}})
+    notify = NotifySocket(tmp_path / "notify.sock")
+    proc = _run(node, notify)
+    try:
+        notify.wait_for("doing publish")
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=90)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    events = [json.loads(ln)["event"] for ln in err.splitlines() if ln.startswith("{")]
+    assert "publish.done" in events and "step.failed" not in events
+    assert events.index("daemon.stop") < events.index("publish.done")
+    assert "promote.done" not in events
+    st = node.status()
+    assert st["phase"] == "published"
+    assert node.server.jwks_kids() == [k["kid"] for k in st["keys"]]
+    assert "interrupted" not in node.ok("status").stdout
+
+
+def test_daemon_idles_on_a_node_that_is_not_a_k3s_server(node: Node, tmp_path: Path) -> None:
+    agent = tmp_path / "agent"
+    agent.mkdir()
+    node.write_config(k3s_data_dir=str(agent), max_splay="0s")
+    notify = NotifySocket(tmp_path / "notify.sock")
+    proc = _run(node, notify)
+    try:
+        notify.wait_for("READY=1")
+        msg = notify.wait_for("STATUS=idle")
+        assert "not a K3s server" in msg
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+
+
+def test_run_with_bad_config_exits_2(node: Node) -> None:
+    node.config.write_text("strategy: sideways\n")
+    proc = node.k3srotd("run")
+    assert proc.returncode == 2 and "strategy" in proc.stderr
+
+
+def test_metrics_file_after_steps(node: Node, tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    metrics = tmp_path / "textfile" / "k3srotd.prom"
+    metrics.parent.mkdir()
+    node.write_config(metrics_file=str(metrics))
+    node.ok("rotate-now")
+    fams = {f.name: f for f in text_string_to_metric_families(metrics.read_text())}
+    phase = {s.labels["phase"]: s.value for s in fams["k3srotd_phase"].samples}
+    assert phase == {"idle": 0, "published": 0, "promoted": 1}
+    roles = {s.labels["role"]: s.value for s in fams["k3srotd_keys"].samples}
+    assert roles == {"signer": 1, "verify": 1}
+    success = {s.labels["step"] for s in fams["k3srotd_last_success_timestamp_seconds"].samples}
+    assert {"publish", "promote"} <= success
+    nxt = {s.labels["action"]: s.value for s in fams["k3srotd_next_action_timestamp_seconds"].samples}
+    assert "prune" in nxt and nxt["prune"] > time.time() + 23 * 3600
+    assert os.stat(metrics).st_mode & 0o777 == 0o644

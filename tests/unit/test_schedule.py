@@ -1,0 +1,109 @@
+"""The daemon's decisions as tables of literal times: first run on an old key, a missed run, windows across
+midnight and DST changes, splay and back-off."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from functools import cache
+from zoneinfo import ZoneInfo
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from k3srotd import keys, planner, schedule
+from k3srotd.state import State
+from k3srotd.window import MaintenanceWindow
+
+UTC = dt.timezone.utc
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def T(s: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(s).replace(tzinfo=UTC)
+
+
+@cache
+def live() -> keys.KeyFile:
+    k = ec.generate_private_key(ec.SECP256R1())
+    pem = k.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    )
+    return keys.parse(pem, "service.key")
+
+
+@dataclasses.dataclass
+class Cfg:
+    strategy: str = "staged"
+    publish_wait: dt.timedelta = dt.timedelta(minutes=10)
+    grace_period: dt.timedelta = dt.timedelta(hours=24)
+    rotation_interval: dt.timedelta = dt.timedelta(days=90)
+    maintenance_window: object = None
+
+
+def decide(now: str, mtime: str, window: object = None, splay_s: int = 0, retry: str = "") -> schedule.Decision:
+    lf = live()
+    state = planner.observe(State(), lf, T(now), T(mtime)).state
+    return schedule.decide(
+        Cfg(maintenance_window=window),
+        state,
+        lf,
+        T(now),
+        T(mtime),
+        dt.timedelta(seconds=splay_s),
+        T(retry) if retry else None,
+    )
+
+
+NIGHTS = MaintenanceWindow.parse({"days": ["fri", "sat"], "start": "23:00", "end": "02:00"}, tz=UTC)
+BERLIN_NIGHTS = MaintenanceWindow.parse({"start": "02:30", "end": "03:30"}, tz=BERLIN)
+
+
+@pytest.mark.parametrize(
+    "now, mtime, window, splay, retry, act, wake",
+    [
+        # first run on a key older than rotation-interval: act now
+        ("2026-06-01T12:00:00", "2025-01-01T00:00:00", None, 0, "", True, "2026-06-01T12:00:00"),
+        # a young key: sleep, but look again within the hour
+        ("2026-06-01T12:00:00", "2026-05-01T00:00:00", None, 0, "", False, "2026-06-01T13:00:00"),
+        # due in 30 minutes: wake then
+        ("2026-07-29T23:30:00", "2026-05-01T00:00:00", None, 0, "", False, "2026-07-30T00:00:00"),
+        # missed while the daemon was down (due weeks ago): act at once, like Persistent=
+        ("2026-09-01T08:00:00", "2026-05-01T00:00:00", None, 0, "", True, "2026-09-01T08:00:00"),
+        # splay delays a due step for this node
+        ("2026-07-30T00:00:00", "2026-05-01T00:00:00", None, 600, "", False, "2026-07-30T00:10:00"),
+        # a failed step backs off
+        ("2026-09-01T08:00:00", "2026-05-01T00:00:00", None, 0, "2026-09-01T08:40:00", False, "2026-09-01T08:40:00"),
+        # window across midnight, Friday 23:00 to Saturday 02:00: Wednesday noon waits (looking hourly)
+        ("2026-11-25T12:00:00", "2025-01-01T00:00:00", NIGHTS, 0, "", False, "2026-11-25T13:00:00"),
+        # ... Saturday 01:30 is inside Friday's opening
+        ("2026-11-28T01:30:00", "2025-01-01T00:00:00", NIGHTS, 0, "", True, "2026-11-28T01:30:00"),
+        # ... Saturday 02:00 is past it, Saturday 23:00 opens again
+        ("2026-11-28T22:30:00", "2025-01-01T00:00:00", NIGHTS, 0, "", False, "2026-11-28T23:00:00"),
+    ],
+)
+def test_decide(now: str, mtime: str, window: object, splay: int, retry: str, act: bool, wake: str) -> None:
+    d = decide(now, mtime, window, splay, retry)
+    assert (d.plan is not None) == act
+    assert d.wake == T(wake)
+
+
+def test_window_on_dst_days_berlin() -> None:
+    # spring forward, 29 March 2026: 02:00 -> 03:00 local; a 02:30-03:30 window opens when the gap ends,
+    # at 03:00 CEST = 01:00 UTC
+    d = decide("2026-03-29T00:30:00", "2025-01-01T00:00:00", BERLIN_NIGHTS)
+    assert d.plan is None and d.start == T("2026-03-29T01:00:00")
+    # fall back, 25 October 2026: 02:30 CEST = 00:30 UTC is the first opening of the night
+    d = decide("2026-10-25T00:00:00", "2025-01-01T00:00:00", BERLIN_NIGHTS)
+    assert d.start == T("2026-10-25T00:30:00")
+    assert decide("2026-10-25T00:45:00", "2025-01-01T00:00:00", BERLIN_NIGHTS).plan is not None
+
+
+def test_splay_is_stable_per_node_and_bounded() -> None:
+    limit = dt.timedelta(minutes=15)
+    a = schedule.splay("server-a", limit)
+    assert a == schedule.splay("server-a", limit)
+    spread = {schedule.splay(f"server-{i}", limit) for i in range(50)}
+    assert len(spread) > 40 and all(dt.timedelta(0) <= s < limit for s in spread)
+    assert schedule.splay("x", dt.timedelta(0)) == dt.timedelta(0)
