@@ -5,4 +5,7 @@ reconcile, the admin kubeconfig, HTTPS with JWKS, TokenRequest and TokenReview, 
 `k3s certificate rotate-ca`, and a restart helper. Test support only; never installed.
 """
 
-VERSION = "v1.31.4+k3s1"
+import os as _os
+
+# What `k3s --version` and /version report; K3SEMU_VERSION overrides it (e.g. to test version checks).
+VERSION = _os.environ.get("K3SEMU_VERSION", "v1.31.4+k3s1")

@@ -12,7 +12,9 @@ import http.server
 import json
 import re
 import secrets
+import sys
 import time
+import traceback
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -339,4 +341,9 @@ class HTTPSServer(http.server.ThreadingHTTPServer):
     allow_reuse_address = True
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug(f"http: TLS handshake or request error from {client_address[0]}:{client_address[1]}")
+        exc = sys.exc_info()[1]
+        peer = f"{client_address[0]}:{client_address[1]}"
+        if isinstance(exc, OSError):  # TLS handshake failures, resets: a client's problem
+            log.debug(f"http: TLS handshake error from {peer}: {exc}")
+        else:  # a bug in the emulator: make it visible in the server log
+            log.error(f"http: panic serving {peer}: {''.join(traceback.format_exception(*sys.exc_info()))}")
