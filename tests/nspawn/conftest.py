@@ -1,0 +1,39 @@
+"""Fixtures of the package and container tests: the packages, built once per run by packaging/build, and the
+cached Debian 12 root file system that containers boot from (tests/nspawn/container.py)."""
+
+from __future__ import annotations
+
+import atexit
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from nspawn import container
+from nspawn.packages import Packages, build, build_tools_missing
+
+atexit.register(container.stop_all)
+
+
+@pytest.fixture(scope="session")
+def packages(tmp_path_factory: pytest.TempPathFactory) -> Packages:
+    """Both packages, built from the working tree into a temporary dist folder."""
+    missing = build_tools_missing()
+    if missing:
+        pytest.skip(missing)
+    return build(tmp_path_factory.mktemp("dist"))
+
+
+@pytest.fixture(scope="session")
+def nspawn_root() -> Path:
+    """The cached Debian 12 root (debootstrapped on first use: about a minute)."""
+    reason = container.missing_prerequisites()
+    if reason:
+        pytest.skip(reason)
+    return container.rootfs()
+
+
+def boot(root: Path, packages: Packages, **binds: str) -> Iterator[container.Container]:
+    """A booted container with the packages at /srv/dist (read-only) and `binds` (host path -> inside)."""
+    with container.Container(root, binds_ro={str(packages.dir): "/srv/dist", **binds}) as c:
+        yield c
