@@ -19,6 +19,8 @@ from typing import List, Optional
 
 from .client import KubeClient
 
+_SYSTEMD_ENV = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "INVOCATION_ID", "JOURNAL_STREAM")
+
 
 def proc_state(pid: int) -> Optional[str]:
     """The /proc state letter, or None if there is no such process."""
@@ -85,9 +87,12 @@ def start_server(data_dir: str) -> subprocess.Popen:
     if not os.path.exists(python):
         python = sys.executable
     log = open(os.path.join(emu, "server.log"), "ab")  # noqa: SIM115 - handed to the child
+    # like `systemctl restart`, the new server does not inherit the caller's systemd plumbing
+    env = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_ENV and not k.startswith("LISTEN_")}
     try:
         return subprocess.Popen(
             [python, *saved["argv"]],
+            env=env,
             cwd=saved.get("cwd") or "/",
             stdin=subprocess.DEVNULL,
             stdout=log,
