@@ -19,7 +19,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import VERSION, certs, jwt, keys, log
+from . import VERSION, certs, identity, jwt, keys, log
 from .bootstrap import Datastore
 
 
@@ -57,6 +57,7 @@ def status_body(code: int, reason: str, message: str, details: Optional[dict] = 
 
 
 _TOKEN_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/serviceaccounts/([^/]+)/token$")
+_SA_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/serviceaccounts(?:/([^/]+))?$")
 _OPEN_API = ("/readyz", "/livez", "/healthz", "/version", "/openid/v1/jwks", "/.well-known/openid-configuration")
 
 
@@ -266,8 +267,40 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._token_request(m.group(1), m.group(2), body)
         elif self.command == "POST" and path == "/apis/authentication.k8s.io/v1/tokenreviews":
             self._token_review(body)
+        elif self.command == "GET" and path == "/metrics":
+            text = identity.metrics_text(st.data_dir, float(st.extra.get("started", 0)))
+            self._send(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
+        elif self.command in ("GET", "POST") and _SA_PATH.match(path):
+            m = _SA_PATH.match(path)
+            assert m is not None
+            self._service_accounts(m.group(1), m.group(2), body)
         else:
             self._send(404, status_body(404, "NotFound", "the server could not find the requested resource", {}))
+
+    def _service_accounts(self, ns: str, name: Optional[str], raw: bytes) -> None:
+        store = self.state.datastore.directory
+        if self.command == "GET" and name:
+            obj = identity.get_sa(store, ns, name)
+            if obj is None:
+                details = {"name": name, "kind": "serviceaccounts"}
+                self._send(404, status_body(404, "NotFound", f'serviceaccounts "{name}" not found', details))
+            else:
+                self._send(200, json.dumps(obj).encode())
+        elif self.command == "GET":
+            doc = {"kind": "ServiceAccountList", "apiVersion": "v1", "items": identity.list_sa(store, ns)}
+            self._send(200, json.dumps(doc).encode())
+        elif name:
+            self._send(405, status_body(405, "MethodNotAllowed", "the server does not allow this method"))
+        else:
+            try:
+                req = json.loads(raw or b"{}")
+            except ValueError:
+                req = None
+            code, obj = identity.create_sa(store, ns, req if isinstance(req, dict) else {})
+            if code == 201:
+                self._send(201, json.dumps(obj).encode())
+            else:
+                self._send(code, status_body(code, obj["reason"], obj["message"]))
 
     def _token_request(self, ns: str, name: str, raw: bytes) -> None:
         st = self.state
@@ -289,7 +322,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             seconds = st.max_expiration
         now = time.time()
         claims = jwt.service_account_claims(st.issuers[0], ns, name, audiences, seconds, now)
-        token = jwt.sign(st.signer, claims)
+        token = identity.tamper(st.data_dir, jwt.sign(st.signer, claims), st.public_keys, st.extra)
         expires = datetime.datetime.fromtimestamp(claims["exp"], datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         doc = {
             "kind": "TokenRequest",

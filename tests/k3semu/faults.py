@@ -10,6 +10,7 @@ Sources: the control file `<data-dir>/emulator/faults.json` and the environment 
     false / null / 0          off
 
 Extra keys: slow_start {"seconds": S}; no_come_back {"mode": "hang" | "exit"} (default hang).
+bad_tokens (see identity.py) is read with `peek`, never used up.
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ import os
 import tempfile
 from typing import Any, Dict, Optional
 
-NAMES = ("rotate_ca_fail", "no_come_back", "stale_keys", "slow_start", "crash_at_start", "datastore_write_fail")
+NAMES = (
+    "rotate_ca_fail",
+    "no_come_back",
+    "stale_keys",
+    "slow_start",
+    "crash_at_start",
+    "datastore_write_fail",
+    "bad_tokens",
+)
 ENV = "K3SEMU_FAULTS"
 
 
@@ -100,6 +109,18 @@ def take(data_dir: str, name: str) -> Optional[Dict[str, Any]]:
         if isinstance(data, dict) and name in data:
             return _normalize(name, data[name])
     return None
+
+
+def peek(data_dir: str, name: str) -> Optional[Dict[str, Any]]:
+    """Fault `name`'s settings if it is on, without using it up."""
+    assert name in NAMES, name
+    with _locked(data_dir):
+        data = _read_json(path_for(data_dir))
+    if name in data:
+        return _normalize(name, data[name])
+    env = os.environ.get(ENV, "").strip()
+    data = json.loads(env) if env else {}
+    return _normalize(name, data[name]) if isinstance(data, dict) and name in data else None
 
 
 def set_all(data_dir: str, faults: Dict[str, Any]) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 from . import faults as _faults
+from . import identity as _identity
 from . import keys as _keys
 from .bootstrap import Datastore, File
 from .client import KubeClient
@@ -310,6 +311,26 @@ class EmulatedServer:
     def signer_kid(self) -> str:
         """kid of the key that signs new tokens (from a fresh TokenRequest's header)."""
         return token_kid(self.request_token("default", "default"))
+
+    # ----- workload identity (k3semu/identity.py)
+    def add_token_uses(self, **by: float) -> Dict[str, float]:
+        """Raise /metrics counters, e.g. add_token_uses(stale=3, legacy=1): the short names drop the
+        `serviceaccount_` prefix and `_total`/`_token_uses_total` suffix. Returns the counters after."""
+        short = {
+            n.replace("serviceaccount_", "").replace("_token_uses_total", "").replace("_tokens_total", ""): n
+            for n in _identity.COUNTERS
+        }
+        return _identity.add_counters(str(self.data_dir), {short.get(k, k): v for k, v in by.items()})
+
+    def metrics_text(self) -> str:
+        status, _, data = self.client().request("GET", "/metrics")
+        if status != 200:
+            raise ServerError(f"/metrics: HTTP {status}")
+        return data.decode()
+
+    def service_account(self, namespace: str, name: str) -> Optional[Dict[str, Any]]:
+        status, _, data = self.client().request("GET", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}")
+        return dict(json.loads(data)) if status == 200 else None
 
     # ----- files and commands
     def disk_kids(self) -> List[str]:

@@ -10,10 +10,11 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from typing import Any, Dict, List
 from urllib.parse import urlsplit
 
-from . import VERSION, api, bootstrap, deps, faults, flags, keys, log
+from . import VERSION, api, bootstrap, deps, faults, flags, identity, keys, log
 
 FLAGS = [
     flags.Flag("data-dir", ("d",), default="/var/lib/rancher/k3s", env="K3S_DATA_DIR"),
@@ -224,6 +225,8 @@ def _serve(
         error_style=os.environ.get("K3SEMU_ERROR_STYLE", "legacy"),
         jwks_uri=jwks_uri,
     )
+    state.extra["started"] = time.time()  # /metrics: process_start_time_seconds; the counters start at 0
+    identity.reset_counters(data_dir)
     httpd = _listen(state, crt, key, client_ca)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
