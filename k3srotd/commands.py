@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -71,7 +72,7 @@ def rotate_now(
         click.echo(_summary(live, s.phase(live)))
 
 
-GATE_POLL_SECONDS = 10.0
+GATE_POLL_SECONDS = float(os.environ.get("K3SROTD_TEST_GATE_POLL") or 10.0)  # test hook: the tests poll faster
 
 
 def _await_promote_gate(s: engine.Session, cfg: Config, clock: Clock, log: Any, progress: Any) -> None:

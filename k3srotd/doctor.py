@@ -167,8 +167,16 @@ def checks(cfg: Config) -> list[Callable[[], Check]]:
         restart,
         api,
         tokens,
+        *identity_checks(cfg, k3s),
         version,
     ]
+
+
+def identity_checks(cfg: Config, k3s: K3s) -> list[Callable[[], Check]]:
+    """The public issuer reachable and consistent with the cluster, the token counters (gates.py)."""
+    from k3srotd import gates
+
+    return gates.doctor_checks(cfg, k3s)
 
 
 def run(cfg: Config) -> tuple[list[str], bool]:

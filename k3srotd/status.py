@@ -78,6 +78,7 @@ def render(cfg: Config, as_json: bool, clock: Optional[Clock] = None) -> str:
     if v.state.last_failure:
         f = v.state.last_failure
         rows.append(("last failure", f"{f.get('step')} at {f.get('at')}: {f.get('reason')}"))
+    rows.extend(_identity_rows(cfg, v))
     for note in v.notes:
         rows.append(("note", note))
     width = max(len(r[0]) for r in rows)
@@ -93,3 +94,11 @@ def render(cfg: Config, as_json: bool, clock: Optional[Clock] = None) -> str:
     for r in table:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     return "\n".join(lines) + "\n"
+
+
+def _identity_rows(cfg: Config, v: engine.View) -> list[tuple[str, str]]:
+    """What promote or prune awaits and since when, the public issuer, the token settings (see gates.py)."""
+    from k3srotd import gates, planner
+
+    pending = v.state.pending if v.phase == planner.PUBLISHED else None
+    return gates.status_rows(cfg, pending, bool(planner.retired(v.state, v.live)))
