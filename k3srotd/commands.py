@@ -45,6 +45,9 @@ def rotate_now(
     clock: Optional[Clock] = None,
 ) -> None:
     clock = clock or Clock()
+    from k3srotd import gates
+
+    gates.issuer_url(cfg)  # verify-issuer true without an issuer URL: a config error before anything changes
     with engine.Session(cfg, clock, log, events, progress) as s:
         data, live, obs = s.observe()
         if s.executor.resumed in (("promote", "finished"), ("rotate", "finished")):
