@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from k3srotd import keys, planner
 from k3srotd.clock import Clock
@@ -16,7 +16,9 @@ from k3srotd.errors import ConfigError, SafetyRefusal
 from k3srotd.k3s import K3s
 from k3srotd.lock import Lock
 from k3srotd.state import State, Store
-from k3srotd.steps import Events, Executor, Progress
+
+if TYPE_CHECKING:  # the executor is imported by the commands that act, not by `status`
+    from k3srotd.steps import Events, Executor, Progress
 
 
 @dataclasses.dataclass
@@ -99,6 +101,7 @@ class Session:
             for note in self.store.notes:
                 self.log.warning("state.rebuilt", msg=note)
             from k3srotd import gates
+            from k3srotd.steps import Executor
 
             self.executor = Executor(
                 self.cfg,

@@ -9,12 +9,14 @@ import dataclasses
 import datetime as dt
 import os
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from k3srotd import runner
 from k3srotd.config import DEFAULT_K3S_DATA_DIR, DEFAULT_SERVER_URL, Config
 from k3srotd.errors import SafetyRefusal
-from k3srotd.kubeapi import KubeAPI
+
+if TYPE_CHECKING:  # imported where used: `status` needs neither subprocess nor HTTPS
+    from k3srotd.kubeapi import KubeAPI
+    from k3srotd.runner import Result
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,11 +117,17 @@ class K3s:
             argv.append(f"--server={self.cfg.k3s_server_url}")
         return argv
 
-    def rotate_ca(self) -> runner.Result:
+    def rotate_ca(self) -> Result:
+        from k3srotd import runner
+
         return runner.run(self.rotate_ca_argv(), timeout=min(120.0, self.cfg.restart_timeout.total_seconds()))
 
-    def restart(self) -> runner.Result:
+    def restart(self) -> Result:
+        from k3srotd import runner
+
         return runner.run(self.cfg.restart_command, timeout=self.cfg.restart_timeout.total_seconds())
 
     def api(self) -> KubeAPI:
+        from k3srotd.kubeapi import KubeAPI
+
         return KubeAPI(self.cfg.kubeconfig, self.cfg.k3s_server_url)

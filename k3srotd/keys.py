@@ -116,7 +116,6 @@ def _normalise(lines: Sequence[bytes]) -> bytes:
 
 
 def _parse_block(label: str, lines: Sequence[bytes], path: str, index: int) -> KeyBlock | None:
-    from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
     what = f"PEM block {index} ({label})"
@@ -136,6 +135,8 @@ def _parse_block(label: str, lines: Sequence[bytes], path: str, index: int) -> K
             pub = serialization.load_pem_public_key(pem)
             kind = "public"
         elif label in CERT_LABELS:
+            from cryptography import x509  # ~60 ms to import: only for files that hold certificates
+
             pub = x509.load_pem_x509_certificate(pem).public_key()
             kind = "certificate"
         else:
