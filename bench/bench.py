@@ -125,7 +125,7 @@ def bench_keys() -> None:
     # 1,000 distinct RSA keys (1024 bits to make them in seconds; parsing cost per key is alike)
     blocks = []
     for _ in range(1000):
-        k = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+        k = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - bench data only
         blocks.append(
             k.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
