@@ -117,7 +117,7 @@ def _issuer_verdict(
             f"the public issuer {url} lists kid {kid} since {ts(listed)}, but verifiers may keep its JWKS without it "
             f"until {ts(hold_until)} (Cache-Control max-age={jw.max_age:g}s)"
         )
-        return reason, "cached", {"listed_since": ts(listed)}
+        return reason, "cached", {"listed_since": listed.isoformat()}  # full precision: the hold is counted from it
     return None, "", {}
 
 

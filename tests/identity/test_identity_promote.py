@@ -1,0 +1,144 @@
+"""Promote waits for the public issuer: rotate-now as a subprocess, the issuer updated by the test."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import time
+from typing import Any
+
+from idnode import IdNode, wait_until
+from oidc_issuer import IssuerServer
+
+
+def _records(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def _events(text: str, name: str) -> list[str]:
+    return [r["msg"] for r in _records(text) if r.get("event") == name]
+
+
+def _pending(node: IdNode) -> str:
+    st = node.status()
+    assert st["phase"] == "published", st
+    return next(k["kid"] for k in st["keys"] if k["role"] == "verify" and k["retired_at"] is None)
+
+
+def test_promote_waits_until_the_issuer_lists_the_new_kid(id_node: IdNode, public_issuer: IssuerServer) -> None:
+    old = id_node.signing_kid()
+    id_node.start_bg("rotate-now")
+    text = wait_until(lambda: "does not list kid" in (t := id_node.status_text()) and t, what="status to show the wait")
+    new = _pending(id_node)
+    assert f"promote of {new} waits since" in text and public_issuer.issuer in text
+    time.sleep(1.0)  # several gate polls: still waiting, the old key still signs
+    assert id_node.bg is not None and id_node.bg.poll() is None
+    assert id_node.signing_kid() == old
+
+    public_issuer.publish(id_node.cluster_jwks())  # the issuer catches up: now it lists the new kid
+    done = id_node.wait_bg()
+    assert done.returncode == 0, done.stderr
+    assert id_node.signing_kid() == new
+    assert id_node.status()["phase"] == "promoted"
+    awaiting = _events(done.stderr, "promote.awaiting")
+    assert len(awaiting) == 1 and f"does not list kid {new}" in awaiting[0] and "waits (since " in awaiting[0]
+    assert _events(done.stderr, "promote.gate-open")
+    assert "awaiting" not in id_node.status_text()
+
+
+def test_stale_jwks_is_not_refetched_before_max_age_and_promote_waits_out_cached_copies(
+    id_node: IdNode, public_issuer: IssuerServer
+) -> None:
+    max_age = 2
+    public_issuer.publish(id_node.cluster_jwks(), cache_control=f"public, max-age={max_age}")
+    id_node.start_bg("rotate-now")
+    wait_until(lambda: "does not list kid" in id_node.status_text(), what="the wait")
+    new = _pending(id_node)
+    public_issuer.publish(id_node.cluster_jwks(), cache_control=f"public, max-age={max_age}")
+    updated = time.time()
+    wait_until(lambda: "verifiers may keep its JWKS without it" in id_node.status_text(), what="the cache hold")
+    assert id_node.signing_kid() != new
+    done = id_node.wait_bg()
+    assert done.returncode == 0, done.stderr
+    promoted = time.time()
+
+    hits = public_issuer.jwks_hits()
+    gaps = [b[0] - a[0] for a, b in zip(hits, hits[1:])]
+    assert gaps and min(gaps) >= max_age - 0.2, gaps  # polled every 0.2 s, fetched once per max-age
+    first_listed = next(t for t, kids in hits if new in kids)
+    assert first_listed >= updated
+    # the new key signs only once a verifier's copy fetched before the update has expired
+    started = [r["time"] for r in _records(done.stderr) if r["event"] == "step.start" and r["step"] == "promote"]
+    assert started and dt.datetime.fromisoformat(started[0]).timestamp() - first_listed >= max_age - 0.1
+    assert promoted > first_listed
+    assert id_node.signing_kid() == new
+
+
+def test_unreachable_issuer_keeps_rotate_now_waiting_and_status_says_so(
+    id_node: IdNode, public_issuer: IssuerServer
+) -> None:
+    id_node.write_config(issuer_wait_warn="1s")
+    old = id_node.signing_kid()
+    public_issuer.stop()
+    id_node.start_bg("rotate-now")
+    text = wait_until(lambda: "cannot be checked" in (t := id_node.status_text()) and t, what="status")
+    new = _pending(id_node)
+    assert f"promote of {new} waits since" in text and "Connection refused" in text
+    since = re.search(r"waits since (\S+Z):", text)
+    assert since is not None
+    time.sleep(1.5)  # past issuer-wait-warn
+    assert id_node.bg is not None and id_node.bg.poll() is None, "rotate-now gave up"
+    stopped = id_node.stop_bg()
+    assert id_node.signing_kid() == old
+    assert _events(stopped.stderr, "promote.waiting"), "no loud warning after issuer-wait-warn"
+    assert "still waiting" in _events(stopped.stderr, "promote.waiting")[0]
+
+    # the issuer comes back (lists the new key): the next rotate-now continues from published
+    public_issuer.start()
+    public_issuer.publish(id_node.cluster_jwks())
+    id_node.start_bg("rotate-now")
+    wait_until(lambda: id_node.bg is not None and id_node.bg.poll() is not None, what="rotate-now to finish")
+    done = id_node.wait_bg()
+    assert done.returncode == 0, done.stderr
+    assert "continuing the rotation under way" in done.stdout
+    assert id_node.signing_kid() == new
+    # the wait is recorded from the first run on
+    assert f"(awaited since {since.group(1)})" in _events(done.stderr, "promote.gate-open")[0]
+
+
+def test_wrong_content_type_is_not_accepted(id_node: IdNode, public_issuer: IssuerServer) -> None:
+    public_issuer.jwks_type = "text/html; charset=utf-8"
+    id_node.start_bg("rotate-now")
+    text = wait_until(lambda: "is served as text/html" in (t := id_node.status_text()) and t, what="status")
+    assert "expected application/json or application/jwk-set+json" in text
+    public_issuer.publish(id_node.cluster_jwks())  # lists the new kid, still as text/html
+    time.sleep(0.6)
+    assert id_node.bg is not None and id_node.bg.poll() is None
+    public_issuer.jwks_type = "application/json"
+    done = id_node.wait_bg()
+    assert done.returncode == 0, done.stderr
+    assert id_node.status()["phase"] == "promoted"
+
+
+def test_issuer_override_and_verify_issuer_settings(plain_node: IdNode, public_issuer: IssuerServer, test_ca) -> None:
+    """The in-cluster default issuer is not checked (auto); verify-issuer true without a URL is a config error
+    before anything changes; oidc-issuer-url names an issuer to check even when K3s's is in-cluster."""
+    node = plain_node
+    node.write_config(verify_issuer="true")
+    proc = node.k3srotd("rotate-now")
+    assert proc.returncode == 2, proc.stderr
+    assert "verify-issuer" in proc.stderr and "oidc-issuer-url" in proc.stderr
+    assert node.status()["phase"] == "idle"
+
+    node.write_config(verify_issuer="auto")
+    node.env["SSL_CERT_FILE"] = str(test_ca.ca_file)
+    public_issuer.discovery_issuer = "https://kubernetes.default.svc.cluster.local"
+    node.write_config(oidc_issuer_url=public_issuer.issuer)
+    node.start_bg("rotate-now")
+    text = wait_until(lambda: "cannot be checked" in (t := node.status_text()) and t, what="status")
+    assert "must match service-account-issuer exactly" in text
+    node.stop_bg()
+    node.write_config(verify_issuer="false")
+    node.ok("rotate-now")
+    assert node.status()["phase"] == "promoted"
