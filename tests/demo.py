@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from k3semu.harness import K3S_BIN, EmulatedServer, subprocess_env  # noqa: E402
+from k3semu.harness import K3S_BIN, EmulatedServer, subprocess_env
 
 
 def main() -> int:
