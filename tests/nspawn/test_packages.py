@@ -53,6 +53,26 @@ def test_rpmlint_is_clean_under_the_project_config(packages: Packages) -> None:
 # --- the .deb ----------------------------------------------------------------------------------------------
 
 
+DEB_NAMES = {
+    "cryptography": "python3-cryptography",
+    "click": "python3-click",
+    "psutil": "python3-psutil",
+    "structlog": "python3-structlog",
+    "APScheduler": "python3-apscheduler",
+    "PyYAML": "python3-yaml",
+}
+RPM_NAMES = {**DEB_NAMES, "APScheduler": "python3-APScheduler", "PyYAML": "python3-PyYAML"}
+
+
+def floors() -> dict[str, str]:
+    """The project's own dependency floors (pyproject.toml), e.g. {"cryptography": "3.4.8"}."""
+    deps = re.search(r"^dependencies = \[(.*?)^\]", (REPO / "pyproject.toml").read_text(), re.M | re.S)
+    assert deps
+    found = dict(re.findall(r'"([A-Za-z0-9_.-]+)>=([0-9.]+)', deps.group(1)))
+    assert set(found) == set(DEB_NAMES), found
+    return found
+
+
 def deb_files(packages: Packages) -> dict[str, str]:
     """path -> mode string, from the .deb's data."""
     files = {}
@@ -67,6 +87,8 @@ def test_deb_depends_on_the_distributions_libraries(packages: Packages) -> None:
     names = {re.sub(r"\s*\(.*\)", "", d).strip() for d in depends.split(",")}
     wanted = {"python3-cryptography", "python3-apscheduler", "python3-psutil", "python3-structlog"}
     assert wanted | {"python3-click", "python3-yaml"} <= names
+    for dist, floor in floors().items():  # apt refuses a distribution whose libraries are older than tested
+        assert f"{DEB_NAMES[dist]} (>= {floor})" in depends, dist
     assert sh("dpkg-deb", "--field", packages.deb, "Recommends").strip() == "python3-systemd"
     assert sh("dpkg-deb", "--field", packages.deb, "Architecture").strip() == "all"
 
@@ -127,15 +149,8 @@ def test_rpm_layout_and_dependencies_are_an_rpm_distributions(packages: Packages
     flags = sh("rpm", "-qp", "--qf", "[%{FILEFLAGS:fflags} %{FILENAMES}\n]", packages.rpm).splitlines()
     assert "cn /etc/k3srotd/config.yaml" in flags  # %config(noreplace)
     requires = sh("rpm", "-qp", "--requires", packages.rpm)
-    for name in (
-        "python3-cryptography",
-        "python3-APScheduler",
-        "python3-psutil",
-        "python3-structlog",
-        "python3-click",
-        "python3-PyYAML",
-    ):
-        assert re.search(rf"^{name}\b", requires, re.M), name
+    for dist, floor in floors().items():
+        assert re.search(rf"^{RPM_NAMES[dist]} >= {re.escape(floor)}$", requires, re.M), dist
     assert f"python(abi) = {sitelib.split('python')[1].split('/')[0]}" in requires
     assert sh("rpm", "-qp", "--recommends", packages.rpm).strip() == "python3-systemd"
 
