@@ -54,6 +54,7 @@ class Daemon:
         self.halted: Optional[str] = None  # set after a failed rollback: no more steps until a human acts
         self.busy = False
         self.stopping = False  # SIGTERM: finish the step under way, start no other
+        self.recheck = schedule.RECHECK
         self.heartbeat = self.clock.monotonic()
         self.status_line = "starting"
 
@@ -101,6 +102,7 @@ class Daemon:
                     s.k3s.live_mtime(),
                     schedule.splay(self.node, self.cfg.max_splay),
                     self.retry_after,
+                    self.recheck,
                 )
                 if d.plan is None or self.stopping:
                     self._status(self._describe(s, live, d))

@@ -109,6 +109,10 @@ def configure(
         sink = _JournalSink(JournalSocket(journal_socket), out)
     else:
         sink = _StreamSink(out, render_json if chosen == "json" else render_console)
+        if fmt == "auto" and os.path.exists(journal_socket):
+            # a command typed in a shell: the human reads the console, and the journal still gets the record,
+            # so `journalctl SYSLOG_IDENTIFIER=k3srotd` and its monitoring see manual steps too
+            sink = _TeeSink(sink, JournalSocket(journal_socket))
     processors: list[Callable[..., Any]] = [add_level]
     if chosen != "journal":
         processors.append(add_time)  # journald stamps records itself
@@ -303,6 +307,23 @@ class _StreamSink:
                 self.stream.flush()
             except (OSError, ValueError):
                 pass  # stderr closed or gone: logging must not stop the daemon
+
+    debug = info = warning = warn = error = critical = fatal = exception = failure = err = log = msg
+
+
+class _TeeSink:
+    """Console (or JSON) lines, and the same records to journald when it listens; journald's silence is fine."""
+
+    def __init__(self, stream: _StreamSink, journal: JournalSocket) -> None:
+        self.stream = stream
+        self.journal = journal
+
+    def msg(self, event: Mapping[str, Any]) -> None:
+        self.stream.msg(event)
+        try:
+            self.journal.send(journal_fields({k: v for k, v in event.items() if k != "time"}))
+        except OSError:
+            pass
 
     debug = info = warning = warn = error = critical = fatal = exception = failure = err = log = msg
 

@@ -14,7 +14,9 @@ from typing import Any, Optional
 
 from k3srotd import planner
 
-RECHECK = dt.timedelta(hours=1)  # look at the live file at least this often: an operator may change it
+# look at the live file at least this often: an operator may change it, or run a step by hand, and STATUS and the
+# metrics should say so soon (an idle look costs about a millisecond)
+RECHECK = dt.timedelta(minutes=10)
 
 
 def splay(node: str, limit: dt.timedelta) -> dt.timedelta:
@@ -41,10 +43,11 @@ def decide(
     live_mtime: dt.datetime,
     node_splay: dt.timedelta = dt.timedelta(0),
     retry_after: Optional[dt.datetime] = None,
+    recheck: dt.timedelta = RECHECK,
 ) -> Decision:
     plan = planner.next_plan(cfg, state, live, now, live_mtime)
     if plan is None:
-        return Decision(None, now + RECHECK, None, None)
+        return Decision(None, now + recheck, None, None)
     start = plan.not_before + node_splay
     if retry_after is not None and retry_after > start:
         start = retry_after
@@ -53,4 +56,4 @@ def decide(
         start = win.next_start(max(start, now))
     if start <= now:
         return Decision(plan, now, plan, start)
-    return Decision(None, min(start, now + RECHECK), plan, start)
+    return Decision(None, min(start, now + recheck), plan, start)

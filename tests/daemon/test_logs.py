@@ -310,3 +310,35 @@ def test_importing_the_daemon_modules_does_not_import_structlog() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_auto_on_a_console_also_records_to_the_journal(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A command typed in a shell prints console lines, and journald still gets the record (monitoring sees
+    manual steps); with no journald listening, console lines only."""
+    import io
+    import socket as _socket
+
+    from k3srotd import logs as _logs
+
+    path = tmp_path / "journal.sock"
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(2)
+    out = io.StringIO()
+    try:
+        log = _logs.configure("auto", stream=out, journal_socket=str(path), environ={})
+        log.info("promote.done", msg="promoted", signer_kid="abc", kids=["abc", "def"])
+        record = sock.recv(65536)
+    finally:
+        _logs.reset()
+        sock.close()
+    assert "promoted" in out.getvalue()
+    assert b"K3SROTD_EVENT=promote.done\n" in record and b"K3SROTD_KIDS=abc,def\n" in record
+    assert b"SYSLOG_IDENTIFIER=k3srotd\n" in record and b"PRIORITY=6\n" in record
+    out2 = io.StringIO()
+    try:
+        log = _logs.configure("auto", stream=out2, journal_socket=str(tmp_path / "absent.sock"), environ={})
+        log.info("prune.done", msg="pruned")
+    finally:
+        _logs.reset()
+    assert "pruned" in out2.getvalue()

@@ -65,22 +65,22 @@ BERLIN_NIGHTS = MaintenanceWindow.parse({"start": "02:30", "end": "03:30"}, tz=B
     [
         # first run on a key older than rotation-interval: act now
         ("2026-06-01T12:00:00", "2025-01-01T00:00:00", None, 0, "", True, "2026-06-01T12:00:00"),
-        # a young key: sleep, but look again within the hour
-        ("2026-06-01T12:00:00", "2026-05-01T00:00:00", None, 0, "", False, "2026-06-01T13:00:00"),
-        # due in 30 minutes: wake then
-        ("2026-07-29T23:30:00", "2026-05-01T00:00:00", None, 0, "", False, "2026-07-30T00:00:00"),
+        # a young key: sleep, but look again within ten minutes
+        ("2026-06-01T12:00:00", "2026-05-01T00:00:00", None, 0, "", False, "2026-06-01T12:10:00"),
+        # due in 5 minutes: wake then
+        ("2026-07-29T23:55:00", "2026-05-01T00:00:00", None, 0, "", False, "2026-07-30T00:00:00"),
         # missed while the daemon was down (due weeks ago): act at once, like Persistent=
         ("2026-09-01T08:00:00", "2026-05-01T00:00:00", None, 0, "", True, "2026-09-01T08:00:00"),
         # splay delays a due step for this node
-        ("2026-07-30T00:00:00", "2026-05-01T00:00:00", None, 600, "", False, "2026-07-30T00:10:00"),
+        ("2026-07-30T00:00:00", "2026-05-01T00:00:00", None, 300, "", False, "2026-07-30T00:05:00"),
         # a failed step backs off
-        ("2026-09-01T08:00:00", "2026-05-01T00:00:00", None, 0, "2026-09-01T08:40:00", False, "2026-09-01T08:40:00"),
-        # window across midnight, Friday 23:00 to Saturday 02:00: Wednesday noon waits (looking hourly)
-        ("2026-11-25T12:00:00", "2025-01-01T00:00:00", NIGHTS, 0, "", False, "2026-11-25T13:00:00"),
+        ("2026-09-01T08:00:00", "2026-05-01T00:00:00", None, 0, "2026-09-01T08:04:00", False, "2026-09-01T08:04:00"),
+        # window across midnight, Friday 23:00 to Saturday 02:00: Wednesday noon waits (looking every 10 min)
+        ("2026-11-25T12:00:00", "2025-01-01T00:00:00", NIGHTS, 0, "", False, "2026-11-25T12:10:00"),
         # ... Saturday 01:30 is inside Friday's opening
         ("2026-11-28T01:30:00", "2025-01-01T00:00:00", NIGHTS, 0, "", True, "2026-11-28T01:30:00"),
         # ... Saturday 02:00 is past it, Saturday 23:00 opens again
-        ("2026-11-28T22:30:00", "2025-01-01T00:00:00", NIGHTS, 0, "", False, "2026-11-28T23:00:00"),
+        ("2026-11-28T22:55:00", "2025-01-01T00:00:00", NIGHTS, 0, "", False, "2026-11-28T23:00:00"),
     ],
 )
 def test_decide(now: str, mtime: str, window: object, splay: int, retry: str, act: bool, wake: str) -> None:
