@@ -33,6 +33,7 @@ structlog is imported by configure() and get_logger() only: `k3srotd --version` 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import re
@@ -320,10 +321,8 @@ class _TeeSink:
 
     def msg(self, event: Mapping[str, Any]) -> None:
         self.stream.msg(event)
-        try:
+        with contextlib.suppress(OSError):
             self.journal.send(journal_fields({k: v for k, v in event.items() if k != "time"}))
-        except OSError:
-            pass
 
     debug = info = warning = warn = error = critical = fatal = exception = failure = err = log = msg
 
