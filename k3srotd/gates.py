@@ -240,7 +240,7 @@ def step_checks(cfg: Config, k3s: Any, log: Any) -> list[StepCheck]:
 
 
 # --- status and doctor
-def status_rows(cfg: Config, pending: Optional[str], has_retired: bool) -> list[tuple[str, str]]:
+def status_rows(cfg: Config, pending: Optional[str], retired: Sequence[str]) -> list[tuple[str, str]]:
     """Rows for the human status table: what promote or prune awaits and since when, and the token settings."""
     rows: list[tuple[str, str]] = []
     book = Book(cfg.state_dir).load()
@@ -254,7 +254,7 @@ def status_rows(cfg: Config, pending: Optional[str], has_retired: bool) -> list[
         rows.append(("awaiting", f"promote of {pending} waits since {p.get('since')}: {p.get('detail')}"))
         rows.append(("", f"(last checked {p.get('checked_at')})"))
     q = book.get("prune")
-    if isinstance(q, dict) and has_retired:
+    if isinstance(q, dict) and set(q.get("kids") or ()) & set(retired):  # a delay of keys still published
         rows.append(("prune delayed", f"since {q.get('since')}: {q.get('detail')}"))
         rows.append(
             ("", f"(last checked {q.get('checked_at')}; retried at the next due time; `prune --force` overrides)")

@@ -101,4 +101,4 @@ def _identity_rows(cfg: Config, v: engine.View) -> list[tuple[str, str]]:
     from k3srotd import gates, planner
 
     pending = v.state.pending if v.phase == planner.PUBLISHED else None
-    return gates.status_rows(cfg, pending, bool(planner.retired(v.state, v.live)))
+    return gates.status_rows(cfg, pending, [kid for kid, _ in planner.retired(v.state, v.live)])

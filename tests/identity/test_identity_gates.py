@@ -99,9 +99,9 @@ def test_promote_gate_book_since_and_one_log_line_per_cause(
     r3 = gates.promote_gate(c, None, log, "new", T0 + dt.timedelta(minutes=10))
     assert r3 is not None and "cannot be checked" in r3 and r3.endswith("awaited since 2030-01-01T12:00:00Z")
     assert log.events() == ["promote.awaiting", "promote.awaiting"]
-    rows = dict(gates.status_rows(c, "new", False))
+    rows = dict(gates.status_rows(c, "new", []))
     assert rows["awaiting"].startswith("promote of new waits since 2030-01-01T12:00:00Z: the public issuer")
-    assert "awaiting" not in dict(gates.status_rows(c, "other", False))  # another pending key: not this wait
+    assert "awaiting" not in dict(gates.status_rows(c, "other", []))  # another pending key: not this wait
 
     public_issuer.start()
     public_issuer.publish({"keys": [{"kid": "old"}, {"kid": "new"}]})
@@ -133,7 +133,7 @@ def test_no_issuer_no_wait(tmp_path: Path) -> None:
     log = Log()
     assert gates.promote_gate(cfg(tmp_path), None, log, "new", T0) is None
     assert log.events() == []
-    rows = dict(gates.status_rows(cfg(tmp_path), "new", False))
+    rows = dict(gates.status_rows(cfg(tmp_path), "new", []))
     assert rows["issuer"].startswith("not checked before promote: no issuer URL is known")
 
 
@@ -156,21 +156,22 @@ def test_prune_gate_waits_when_metrics_cannot_be_read(tmp_path: Path) -> None:
     r = gates.prune_gate(c, K3s(), log, ["k1", "k2"], T0)
     assert r is not None and "cannot be read" in r and "tokens signed by k1, k2" in r
     assert log.events() == ["prune.delayed"]
-    rows = dict(gates.status_rows(c, None, True))
+    rows = dict(gates.status_rows(c, None, ["k2"]))
     assert rows["prune delayed"].startswith("since 2030-01-01T12:00:00Z: the apiserver's /metrics cannot be read")
     assert "service-account-extend-token-expiration=false" in rows["token lifetime"]
-    assert "prune delayed" not in dict(gates.status_rows(c, None, False))  # nothing retired: nothing to delay
+    assert "prune delayed" not in dict(gates.status_rows(c, None, []))  # nothing retired: nothing to delay
+    assert "prune delayed" not in dict(gates.status_rows(c, None, ["k3"]))  # pruned by --force, k3 retired since
     # switched off: no wait, and the book forgets it
     off = dataclasses.replace(c, prune_token_metrics=False)
     assert gates.prune_gate(off, K3s(), log, ["k1"], T0) is None
-    assert "prune delayed" not in dict(gates.status_rows(off, None, True))
+    assert "prune delayed" not in dict(gates.status_rows(off, None, ["k1"]))
 
 
 def test_token_lifetime_row_only_when_tokens_may_outlive_grace(tmp_path: Path) -> None:
     safe = dataclasses.replace(
         cfg(tmp_path), k3s=K3sSettings(max_token_expiration=dt.timedelta(hours=1), extend_token_expiration=False)
     )
-    assert "token lifetime" not in dict(gates.status_rows(safe, None, True))
+    assert "token lifetime" not in dict(gates.status_rows(safe, None, ["k1"]))
 
 
 def test_step_checks_follow_the_config(tmp_path: Path) -> None:
