@@ -1,4 +1,4 @@
-"""An engine test Node (tests/engine/conftest.py) whose K3s config names a public issuer, plus helpers to watch a
+"""An engine test Node (tests/k3srotd_node.py) whose K3s config names a public issuer, plus helpers to watch a
 k3srotd run in the background."""
 
 from __future__ import annotations
@@ -14,11 +14,14 @@ import yaml
 from k3semu import keys as emu_keys
 from k3semu.harness import EmulatedServer, subprocess_env
 
-_spec = importlib.util.spec_from_file_location("engine_node", Path(__file__).parents[1] / "engine" / "conftest.py")
-assert _spec is not None and _spec.loader is not None
-_engine = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_engine)
-Node = _engine.Node
+try:
+    from k3srotd_node import Node  # tests/k3srotd_node.py: the engine tests' Node, shared
+except ImportError:  # older tree: Node still lives in tests/engine/conftest.py
+    _spec = importlib.util.spec_from_file_location("engine_node", Path(__file__).parents[1] / "engine" / "conftest.py")
+    assert _spec is not None and _spec.loader is not None
+    _engine = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_engine)
+    Node = _engine.Node
 
 GATE_POLL = "0.2"  # seconds between promote-gate checks in rotate-now (production: 10 s)
 
