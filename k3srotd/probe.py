@@ -21,6 +21,7 @@ from typing import Any, Optional
 from k3srotd import keys
 from k3srotd.clock import Clock
 from k3srotd.config import Config
+from k3srotd.errors import K3srotdError
 from k3srotd.kubeapi import APIError
 from k3srotd.steps import VerifyFailed
 
@@ -127,6 +128,8 @@ def _call(api: Any, method: str, path: str, body: Any = None) -> tuple[int, Any]
         status, raw = api.request(method, path, body)
     except APIError as e:
         raise ProbeError(str(e), transient=True) from None
+    except K3srotdError as e:  # the kubeconfig cannot be used
+        raise ProbeError(str(e)) from None
     try:
         doc = json.loads(raw) if raw else None
     except ValueError:
@@ -192,6 +195,8 @@ def jwks(api: Any) -> Any:
         return api.get_json("/openid/v1/jwks")
     except APIError as e:
         raise ProbeError(str(e), transient=True) from None
+    except K3srotdError as e:
+        raise ProbeError(str(e)) from None
 
 
 class TokenProbe:

@@ -94,3 +94,13 @@ def test_api_errors_after_the_restart_are_retried_then_fail(setup: Any) -> None:
     with pytest.raises(VerifyFailed, match=r"token probe: .*Connection refused"):
         probe.after_restart("prune", target)
     assert probe.clock.monotonic() >= 30  # retried on the (fake) clock up to the limit
+
+
+def test_an_unusable_kubeconfig_skips_the_probe(tmp_path: Path) -> None:
+    cfg = dataclasses.replace(Config(), kubeconfig=str(tmp_path / "missing.yaml"))
+    log = Log()
+    probe = TokenProbe(cfg, K3s(cfg), log, clock=FakeClock(T0))
+    target = keys.parse(_pem(), "target")
+    probe.before_restart("publish", target)
+    assert log.records[-1][1] == "probe.skipped" and "cannot read the kubeconfig" in log.records[-1][2]
+    probe.after_restart("publish", target)
