@@ -24,7 +24,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "tests" / "engine"))
 PY = sys.executable
 
 
@@ -51,8 +50,8 @@ def report(name: str, value: str, target: str, ok: bool) -> None:
 
 
 def emulated_node(root: Path):  # type: ignore[no-untyped-def]
-    from conftest import Node
     from k3semu.harness import EmulatedServer
+    from k3srotd_node import Node
 
     server = EmulatedServer(root / "k3s")
     server.start()

@@ -186,7 +186,8 @@ class Daemon:
         from apscheduler.schedulers.blocking import BlockingScheduler
         from apscheduler.triggers.date import DateTrigger
 
-        sched = BlockingScheduler(timezone=dt.timezone.utc, job_defaults={"coalesce": True, "max_instances": 1})
+        # "UTC" as a name: APScheduler 3.8 (Ubuntu 22.04) takes only pytz zones or names, 3.9+ takes names too
+        sched = BlockingScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
         stop = threading.Event()
 
         def tick_job() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import time
 
-from conftest import Node, mode
+from k3srotd_node import Node, mode
 
 
 def test_staged_cycle_publish_promote_prune(node: Node) -> None:

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Node
 from k3semu.harness import subprocess_env
+from k3srotd_node import Node
 
 from k3srotd import config, logs
 from k3srotd.clock import FakeClock

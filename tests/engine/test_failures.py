@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import Node
+from k3srotd_node import Node
 
 
 def _assert_unchanged(node: Node, live: bytes, signer: str) -> None:
