@@ -413,23 +413,16 @@ class Executor:
                 raise StepFailed(
                     f"could not undo the interrupted {intent.step}: rotate-ca failed ({res.tail()}); run k3srotd again"
                 )
-            self.staging.remove()
-            self.state.intent = None
-            self.store.save(self.state)
-            self.log.warning(
-                "resume",
-                msg=f"undid the interrupted {intent.step}; K3s keeps {live.kids}",
-                signer_kid=live.signer.kid,
-                kids=live.kids,
-            )
-            return f"undid the interrupted {intent.step}"
+            return self._forget(intent, "undone", f"undid the interrupted {intent.step}; K3s keeps {live.kids}", live)
+        return self._forget(
+            intent, "forgotten", f"the live key set changed outside k3srotd during {intent.step}; adopted it", live
+        )
+
+    def _forget(self, intent: Intent, outcome: str, message: str, live: keys.KeyFile) -> str:
+        """The step is over without a commit: no staged key left, no intent, and say so."""
         self.staging.remove()
         self.state.intent = None
         self.store.save(self.state)
-        self.log.warning(
-            "resume",
-            msg=f"the live key set changed outside k3srotd during {intent.step}; adopted it",
-            signer_kid=live.signer.kid,
-            kids=live.kids,
-        )
-        return f"the live key set changed outside k3srotd; forgot the interrupted {intent.step}"
+        self.resumed = (intent.step, outcome)
+        self.log.warning("resume", msg=message, signer_kid=live.signer.kid, kids=live.kids)
+        return message
