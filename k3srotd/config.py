@@ -323,6 +323,8 @@ def load_k3s_settings(main: Path) -> K3sSettings:
     flags: dict[str, str] = {}
     for a in args if isinstance(args, list) else []:
         name, _, val = str(a).lstrip("-").partition("=")
+        if name == "service-account-issuer" and name in flags:
+            continue  # kube-apiserver signs with the first issuer given; later ones are only accepted
         flags[name] = val
     mte = None
     if "service-account-max-token-expiration" in flags:

@@ -20,12 +20,10 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence
 
-from k3srotd import issuer, tokenmetrics
 from k3srotd.config import Config
 from k3srotd.durations import format_duration
 from k3srotd.errors import ConfigError, K3srotdError
 from k3srotd.keys import KeyFile
-from k3srotd.kubeapi import APIError
 from k3srotd.state import ensure_private_dir, parse_ts, ts, write_atomic
 
 BOOK = "gates.json"
@@ -38,6 +36,17 @@ class StepCheck(Protocol):
 
 
 # --- which issuer
+IN_CLUSTER_HOSTS = ("kubernetes", "kubernetes.default", "kubernetes.default.svc")
+
+
+def is_in_cluster_default(url: str) -> bool:
+    """https://kubernetes.default.svc and the like: an issuer no verifier outside the cluster can reach."""
+    import urllib.parse
+
+    host = (urllib.parse.urlsplit(url).hostname or "").lower()
+    return host in IN_CLUSTER_HOSTS or host.startswith("kubernetes.default.svc.")
+
+
 def issuer_url(cfg: Config) -> Optional[str]:
     """The public issuer to check before promote, or None when it is not checked. ConfigError when verify-issuer
     is true and no usable URL is known."""
@@ -54,7 +63,7 @@ def issuer_url(cfg: Config) -> Optional[str]:
         if not url.startswith("https://"):
             raise ConfigError(f"{src}: key 'verify-issuer' is true, but the issuer {url!r} is not an https URL")
         return url
-    if not url.startswith("https://") or issuer.is_in_cluster_default(url):
+    if not url.startswith("https://") or is_in_cluster_default(url):
         return None
     return url
 
@@ -100,6 +109,8 @@ def _issuer_verdict(
     url: str, kid: str, entry: dict[str, Any], now: dt.datetime
 ) -> tuple[Optional[str], str, dict[str, Any]]:
     """(what is awaited or None, its kind, what to remember)."""
+    from k3srotd import issuer  # imported where used: `status` needs neither
+
     try:
         pub = issuer.public_keys(url, now)
     except issuer.IssuerError as e:
@@ -157,6 +168,8 @@ def promote_gate(cfg: Config, k3s: Any, log: Any, new_kid: str, now: dt.datetime
 
 # --- prune
 def _counters_verdict(cfg: Config, k3s: Any, drop: Sequence[str], now: dt.datetime, save: bool) -> Optional[str]:
+    from k3srotd import tokenmetrics  # imported where used: `status` needs neither
+
     try:
         reading = tokenmetrics.read(k3s.api(), now)
     except (tokenmetrics.MetricsError, K3srotdError) as e:
@@ -208,6 +221,7 @@ class MetricsReader:
         self.cfg, self.k3s, self.log = cfg, k3s, log
 
     def _read(self, step: str) -> None:
+        from k3srotd import tokenmetrics  # imported where used: `status` needs neither
         from k3srotd.clock import Clock
 
         try:
@@ -224,6 +238,8 @@ class MetricsReader:
 
 def record_token_metrics(cfg: Config, k3s: Any, now: dt.datetime) -> None:
     """Keep one reading of the token counters (the daemon may call this now and then for finer history)."""
+    from k3srotd import tokenmetrics  # imported where used: `status` needs neither
+
     reading = tokenmetrics.read(k3s.api(), now)
     tokenmetrics.History(cfg.state_dir).add(reading, keep_after=now - cfg.grace_period)
 
@@ -273,6 +289,8 @@ def doctor_checks(cfg: Config, k3s: Any) -> list[Callable[[], Check]]:
     seen: dict[str, Any] = {}
 
     def public_issuer() -> Check:
+        from k3srotd import issuer  # imported where used: `status` needs neither
+
         try:
             url = issuer_url(cfg)
         except ConfigError as e:
@@ -288,6 +306,8 @@ def doctor_checks(cfg: Config, k3s: Any) -> list[Callable[[], Check]]:
         return "PASS", f"public issuer: {url} reachable, its JWKS lists {len(pub.kids)} key(s){age}"
 
     def consistent() -> Check:
+        from k3srotd.kubeapi import APIError
+
         pub = seen.get("pub")
         if pub is None:
             return "PASS", "public issuer consistency: not checked (no public issuer read)"

@@ -24,13 +24,13 @@ import urllib.request
 from typing import Any, Callable, Optional
 
 from k3srotd import __version__
+from k3srotd.gates import IN_CLUSTER_HOSTS, is_in_cluster_default  # noqa: F401 - the rule lives where status reads it
 
 TIMEOUT = 10.0
 MAX_BYTES = 1 << 20
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 DISCOVERY_TYPES = ("application/json",)
 JWKS_TYPES = ("application/json", "application/jwk-set+json")
-IN_CLUSTER_HOSTS = ("kubernetes", "kubernetes.default", "kubernetes.default.svc")
 
 
 class IssuerError(Exception):
@@ -64,12 +64,6 @@ _cache: dict[str, tuple[float, Response]] = {}
 
 def clear_cache() -> None:
     _cache.clear()
-
-
-def is_in_cluster_default(url: str) -> bool:
-    """https://kubernetes.default.svc and the like: an issuer no verifier outside the cluster can reach."""
-    host = (urllib.parse.urlsplit(url).hostname or "").lower()
-    return host in IN_CLUSTER_HOSTS or host.startswith("kubernetes.default.svc.")
 
 
 def cache_seconds(cache_control: str, age: str = "") -> float:

@@ -92,6 +92,7 @@ def test_k3s_settings_and_grace_shorter_than_token_expiration(tmp_path: Path) ->
     k3s = write(
         tmp_path / "k3s" / "config.yaml",
         "data-dir: /srv/k3s\nkube-apiserver-arg:\n  - service-account-issuer=https://issuer.example\n"
+        "  - service-account-issuer=https://old-issuer.example\n"
         "  - service-account-max-token-expiration=48h\n",
     )
     write(
