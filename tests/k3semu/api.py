@@ -19,7 +19,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import VERSION, certs, identity, jwt, keys, log
+from . import VERSION, certs, identity, jwt, keys, log, objects
 from .bootstrap import Datastore
 
 
@@ -58,6 +58,8 @@ def status_body(code: int, reason: str, message: str, details: Optional[dict] = 
 
 _TOKEN_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/serviceaccounts/([^/]+)/token$")
 _SA_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/serviceaccounts(?:/([^/]+))?$")
+_LEASE_PATH = re.compile(r"^/apis/coordination\.k8s\.io/v1/namespaces/([^/]+)/leases(?:/([^/]+))?$")
+_NODE_PATH = re.compile(r"^/api/v1/nodes(?:/([^/]+))?$")
 _OPEN_API = ("/readyz", "/livez", "/healthz", "/version", "/openid/v1/jwks", "/.well-known/openid-configuration")
 
 
@@ -274,6 +276,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             m = _SA_PATH.match(path)
             assert m is not None
             self._service_accounts(m.group(1), m.group(2), body)
+        elif _LEASE_PATH.match(path) or _NODE_PATH.match(path):
+            self._objects(path, query, body)
         else:
             self._send(404, status_body(404, "NotFound", "the server could not find the requested resource", {}))
 
@@ -301,6 +305,43 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self._send(201, json.dumps(obj).encode())
             else:
                 self._send(code, status_body(code, obj["reason"], obj["message"]))
+
+    def _objects(self, path: str, query: dict, raw: bytes) -> None:
+        """Nodes and Leases (objects.py), shared through the datastore folder."""
+        store = self.state.datastore.directory
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            self._send(400, status_body(400, "BadRequest", "the body of the request is not a JSON object"))
+            return
+        code: int
+        obj: Dict[str, Any]
+        node = _NODE_PATH.match(path)
+        lease = _LEASE_PATH.match(path)
+        if node and self.command == "GET":
+            if node.group(1):
+                code, obj = objects.get_node(store, node.group(1))
+            else:
+                code, obj = 200, objects.list_nodes(store, (query.get("labelSelector") or [""])[0])
+        elif lease and lease.group(2) is None and self.command == "GET":
+            code, obj = 200, objects.list_leases(store, lease.group(1))
+        elif lease and lease.group(2) is None and self.command == "POST":
+            code, obj = objects.create_lease(store, lease.group(1), body)
+        elif lease and self.command == "GET":
+            code, obj = objects.get_lease(store, lease.group(1), str(lease.group(2)))
+        elif lease and lease.group(2) and self.command == "PUT":
+            code, obj = objects.update_lease(store, lease.group(1), lease.group(2), body)
+        elif lease and lease.group(2) and self.command == "DELETE":
+            code, obj = objects.delete_lease(store, lease.group(1), lease.group(2))
+        else:
+            self._send(405, status_body(405, "MethodNotAllowed", "the server does not allow this method"))
+            return
+        if code < 300:
+            self._send(code, json.dumps(obj).encode())
+        else:
+            self._send(code, status_body(code, obj["reason"], obj["message"], obj.get("details")))
 
     def _token_request(self, ns: str, name: str, raw: bytes) -> None:
         st = self.state

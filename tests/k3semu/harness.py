@@ -28,6 +28,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 from . import faults as _faults
 from . import identity as _identity
 from . import keys as _keys
+from . import objects as _objects
 from .bootstrap import Datastore, File
 from .client import KubeClient
 from .restart import alive, is_server_of, read_pid
@@ -152,6 +153,18 @@ class EmulatedServer:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def lifecycle(self) -> List[Dict[str, Any]]:
+        """The server's own records (start, ready, stopping, stopped) with precise times, oldest first."""
+        try:
+            text = (self.emulator_dir / "lifecycle.jsonl").read_text()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def objects(self) -> Dict[str, Any]:
+        """The Nodes and Leases of its datastore (k3semu/objects.py): {"nodes": {...}, "leases": {...}}."""
+        return _objects.read_all(str(self.datastore_dir))
 
     def restart_command(self, timeout: float = 60) -> List[str]:
         """argv for k3srotd's `restart-command` (run it with `subprocess_env()` on PATH)."""

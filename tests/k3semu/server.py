@@ -14,7 +14,7 @@ import time
 from typing import Any, Dict, List
 from urllib.parse import urlsplit
 
-from . import VERSION, api, bootstrap, deps, faults, flags, identity, keys, log
+from . import VERSION, api, bootstrap, deps, faults, flags, identity, keys, log, objects
 
 FLAGS = [
     flags.Flag("data-dir", ("d",), default="/var/lib/rancher/k3s", env="K3S_DATA_DIR"),
@@ -71,6 +71,14 @@ class _Stop(Exception):
     pass
 
 
+def lifecycle(data_dir: str, event: str) -> None:
+    """One line in <data-dir>/emulator/lifecycle.jsonl with a precise time (the log has whole seconds), so tests
+    can tell from a server's own records when it was down: start, ready, stopping, stopped."""
+    line = json.dumps({"event": event, "pid": os.getpid(), "t": time.time()})
+    with open(os.path.join(data_dir, "emulator", "lifecycle.jsonl"), "a") as f:
+        f.write(line + "\n")
+
+
 def run(args: List[str]) -> int:
     try:
         values, _, given = flags.parse(FLAGS, args)
@@ -93,6 +101,7 @@ def run(args: List[str]) -> int:
     pid_path = os.path.join(emu_dir, "server.pid")
     with open(pid_path, "w") as f:
         f.write(f"{os.getpid()}\n")
+    lifecycle(data_dir, "start")
     _write_json(
         os.path.join(emu_dir, "argv.json"),
         {
@@ -122,6 +131,7 @@ def run(args: List[str]) -> int:
         log.info("Shutting down k3s (signal received during start)")
         return 0
     finally:
+        lifecycle(data_dir, "stopped")
         try:
             with open(pid_path) as f:
                 if f.read().strip() == str(os.getpid()):
@@ -227,6 +237,8 @@ def _serve(
     )
     state.extra["started"] = time.time()  # /metrics: process_start_time_seconds; the counters start at 0
     identity.reset_counters(data_dir)
+    node_name = values["node-name"] or socket.gethostname()
+    objects.register_node(store_dir, node_name)  # K3s's kubelet registers the server's Node
     httpd = _listen(state, crt, key, client_ca)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -236,9 +248,12 @@ def _serve(
     log.info(f"Service account keys loaded: signer kid {keys.kid_of(signer.public_key())}; verifying kids {kids}")
     log.info("k3s is up and running")
     sd_notify("READY=1\nSTATUS=k3s is up and running")
+    lifecycle(data_dir, "ready")
     while not stop.wait(1):
         pass
+    lifecycle(data_dir, "stopping")
     log.info("Shutting down k3s")
+    objects.node_stopped(store_dir, node_name)
     sd_notify("STOPPING=1")
     httpd.shutdown()
     httpd.server_close()
