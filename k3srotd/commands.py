@@ -49,6 +49,10 @@ def rotate_now(
 
     gates.issuer_url(cfg)  # verify-issuer true without an issuer URL: a config error before anything changes
     with engine.Session(cfg, clock, log, events, progress) as s:
+        if s.rolling is not None:  # multi-server: staged only; do this server's part, wait until in step
+            if cfg.strategy == "direct":
+                s.rolling.refuse_direct()
+            s.rolling.wait_in_step(s.executor)
         data, live, obs = s.observe()
         if s.executor.resumed in (("promote", "finished"), ("rotate", "finished")):
             click.echo("finished the rotation an earlier k3srotd left; " + _summary(live, s.phase(live)))
@@ -154,6 +158,8 @@ def prune(
 ) -> None:
     clock = clock or Clock()
     with engine.Session(cfg, clock, log, events, progress) as s:
+        if s.rolling is not None:  # multi-server: do this server's part and wait until the cluster is in step
+            s.rolling.wait_in_step(s.executor)
         data, live, _ = s.observe()
         if not planner.retired(s.state, live):
             click.echo("nothing to prune: no retired key is published")

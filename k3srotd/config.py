@@ -63,6 +63,7 @@ class Config:
     hooks_dir: str = "/etc/k3srotd/hooks.d"
     # beyond the contract's table (see the README)
     max_splay: dt.timedelta = dt.timedelta(minutes=15)  # the daemon delays due steps by up to this, per node
+    node_name: str = ""  # this server's Node in multi-server coordination; empty: K3s's node-name, else the hostname
     oidc_issuer_url: str = ""  # overrides K3s's service-account-issuer
     verify_issuer: str = "auto"  # auto | true | false
     issuer_wait_warn: dt.timedelta = dt.timedelta(hours=1)
@@ -215,6 +216,7 @@ SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "metrics-file": ("metrics_file", _path),
     "hooks-dir": ("hooks_dir", _nonempty_path),
     "max-splay": ("max_splay", _duration),
+    "node-name": ("node_name", _str),
     "oidc-issuer-url": ("oidc_issuer_url", _optional_url),
     "verify-issuer": ("verify_issuer", _tristate),
     "issuer-wait-warn": ("issuer_wait_warn", _positive_duration),

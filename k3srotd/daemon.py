@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import signal
-import socket
 import threading
 from typing import Any, Optional
 
@@ -25,6 +24,7 @@ from k3srotd.clock import Clock
 from k3srotd.durations import format_duration
 from k3srotd.errors import ConfigError, K3srotdError, LockHeld, RollbackFailed, SafetyRefusal, StepFailed
 from k3srotd.notify import Notifier, watchdog_interval
+from k3srotd.rolling import IDLE_POLL, Waiting, node_name
 from k3srotd.state import ts
 
 RETRY_AFTER = dt.timedelta(hours=1)  # after a failed step
@@ -49,7 +49,7 @@ class Daemon:
         self.notifier = notifier or Notifier(None)
         self.config_path = config_path
         self.log_format = log_format
-        self.node = cfg.k3s.node_name or socket.gethostname()
+        self.node = node_name(cfg)
         self.retry_after: Optional[dt.datetime] = None
         self.halted: Optional[str] = None  # set after a failed rollback: no more steps until a human acts
         self.busy = False
@@ -65,6 +65,9 @@ class Daemon:
         self.heartbeat = self.clock.monotonic()
         try:
             return self._tick(now, act)
+        except Waiting as e:  # multi-server: another server's turn or step; look again soon
+            self._status(f"waiting: {e}")
+            return now + dt.timedelta(seconds=e.retry)
         except LockHeld as e:
             self._status(f"waiting: {e}")
             return now + LOCK_RETRY
@@ -87,8 +90,14 @@ class Daemon:
         from k3srotd.observers import make_events
 
         events = make_events(self.cfg, self.log, self.clock)
-        with engine.Session(self.cfg, self.clock, self.log, events, None, retry_failed_rollback=False) as s:
+        with engine.Session(
+            self.cfg, self.clock, self.log, events, None, retry_failed_rollback=False, background=True
+        ) as s:
             self.halted = None
+            if s.rolling is not None:  # multi-server: do this server's part first; plan only when in step
+                wake: Optional[dt.datetime] = s.rolling.daemon_turn(s.executor, self._status)
+                if wake is not None:
+                    return wake
             data, live, _ = s.observe()
             if not act:
                 self._status(f"phase {s.phase(live)}; starting")
@@ -102,7 +111,7 @@ class Daemon:
                     s.k3s.live_mtime(),
                     schedule.splay(self.node, self.cfg.max_splay),
                     self.retry_after,
-                    self.recheck,
+                    self.recheck if s.rolling is None else min(self.recheck, IDLE_POLL),
                 )
                 if d.plan is None or self.stopping:
                     self._status(self._describe(s, live, d))

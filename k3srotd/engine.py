@@ -47,6 +47,10 @@ def view(cfg: Config, clock: Clock, k3s: Optional[K3s] = None) -> View:
     live = keys.parse(data, str(k3s.live_path))
     mtime = k3s.live_mtime()
     state = _load_readonly(store, now)
+    intent = state.intent
+    if intent is not None and intent.stage == "rolling" and intent.step != "rollback":
+        # multi-server: this server runs the step and waits for the others; shown as it will commit
+        state = planner.committed(state, intent.step, intent.before_kids, intent.target_kids, intent.started_at)
     obs = planner.observe(state, live, now, mtime)
     return View(live, mtime, obs.state, now, obs.notes + tuple(store.notes))
 
@@ -76,8 +80,11 @@ class Session:
         progress: Optional[Progress] = None,
         k3s: Optional[K3s] = None,
         retry_failed_rollback: bool = False,
+        background: bool = False,
     ) -> None:
         self.cfg = cfg
+        self.background = background  # the daemon: never block on other servers (multi-server)
+        self.rolling: Optional[Any] = None  # multi-server: rolling.Rolling; None on a single server
         self.retry_failed_rollback = retry_failed_rollback
         self.clock = clock
         self.log = log
@@ -100,9 +107,11 @@ class Session:
             self.state = self.store.load(self.clock.now())
             for note in self.store.notes:
                 self.log.warning("state.rebuilt", msg=note)
-            from k3srotd import gates
+            from k3srotd import gates, rolling
             from k3srotd.steps import Executor
 
+            # multi-server: None on a single server; refuses when this server is one of several and cut off
+            self.rolling = rolling.attach(self.cfg, self.k3s, self.log, self.clock, self.progress, self.background)
             self.executor = Executor(
                 self.cfg,
                 self.k3s,
@@ -113,6 +122,7 @@ class Session:
                 self.events,
                 self.progress,
                 checks=gates.step_checks(self.cfg, self.k3s, self.log),
+                rolling=self.rolling,
             )
             intent = self.state.intent
             if intent is not None and intent.stage == "rollback-failed" and self.retry_failed_rollback:
@@ -126,6 +136,8 @@ class Session:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.rolling is not None:  # multi-server: give the step lease up unless our step is still rolling
+            self.rolling.close(self.state)
         self.lock.release()
 
     def read_live(self) -> tuple[bytes, keys.KeyFile, dt.datetime]:
@@ -168,6 +180,8 @@ class Session:
         return self.executor.run("promote", data, live, staged)
 
     def rotate_direct(self, data: bytes, live: keys.KeyFile) -> keys.KeyFile:
+        if self.rolling is not None:  # multi-server: only staged (the new key must verify everywhere first)
+            self.rolling.refuse_direct()
         new = keys.generate(self.cfg.key_size)
         self.warn_token_lifetime("rotate")
         staged = keys.compose(live, planner.rotate_order(live, new.kid), [new])

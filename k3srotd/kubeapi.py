@@ -101,6 +101,14 @@ class KubeAPI:
         finally:
             conn.close()
 
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """(status, decoded JSON body or None): for API objects, where 404 and 409 are answers, not errors."""
+        status, data = self.request(method, path, body)
+        try:
+            return status, json.loads(data) if data else None
+        except ValueError:
+            return status, None
+
     def get_json(self, path: str) -> Any:
         status, data = self.request("GET", path)
         if status != 200:

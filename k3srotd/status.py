@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 from typing import Any, Optional
 
 from k3srotd import engine
@@ -67,7 +68,15 @@ def render(cfg: Config, as_json: bool, clock: Optional[Clock] = None) -> str:
         rows.append(("next", f"{plan.action} {_when(plan.not_before, now)}"))
         if plan.not_before != plan.due:
             rows.append(("", f"(due {ts(plan.due)}, held for the maintenance window)"))
-    if v.state.intent is not None:
+    if v.state.intent is not None and v.state.intent.stage == "rolling":  # multi-server: waits for the others
+        rows.append(
+            (
+                "rolling",
+                f"{v.state.intent.step} since {_when(v.state.intent.started_at, now)}; done when "
+                "every server runs it (below)",
+            )
+        )
+    elif v.state.intent is not None:
         rows.append(
             (
                 "interrupted",
@@ -79,6 +88,12 @@ def render(cfg: Config, as_json: bool, clock: Optional[Clock] = None) -> str:
         f = v.state.last_failure
         rows.append(("last failure", f"{f.get('step')} at {f.get('at')}: {f.get('reason')}"))
     rows.extend(_identity_rows(cfg, v))
+    servers: list[str] = []
+    if (Path(cfg.state_dir) / "cluster.json").exists():  # multi-server (rolling.BOOK): every server, the leases
+        from k3srotd import rolling
+
+        cluster_rows, servers = rolling.status(cfg, clock or Clock())
+        rows.extend(cluster_rows)
     for note in v.notes:
         rows.append(("note", note))
     width = max(len(r[0]) for r in rows)
@@ -93,6 +108,8 @@ def render(cfg: Config, as_json: bool, clock: Optional[Clock] = None) -> str:
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     for r in table:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    if servers:
+        lines += ["", *servers]
     return "\n".join(lines) + "\n"
 
 

@@ -64,7 +64,9 @@ class Executor:
         events: Optional[Events] = None,
         progress: Optional[Progress] = None,
         checks: Sequence[Any] = (),
+        rolling: Optional[Any] = None,
     ) -> None:
+        self.rolling = rolling  # multi-server: rolling.Rolling (hooks marked "multi-server"); None on one server
         self.checks = list(checks)  # gates.StepCheck: before_restart / after_restart around each restart
         self.cfg = cfg
         self.k3s = k3s
@@ -115,6 +117,8 @@ class Executor:
                 f"{self.cfg.k3s_bin}: no `k3s server` process is running for {self.cfg.k3s_data_dir}; "
                 "rotate-ca needs a running server. Start K3s and try again"
             )
+        if self.rolling is not None:  # multi-server: take the step lease; the cluster must be in step
+            self.rolling.begin(step)
         self.log.info(
             "step.start",
             msg=f"{step}: {live.kids} -> {target.kids}",
@@ -176,6 +180,12 @@ class Executor:
         return self.commit(step, target)
 
     def _restart_and_verify(self, step: str, target: keys.KeyFile, staged: bytes, old: Optional[ServerProcess]) -> None:
+        if self.rolling is not None:  # multi-server: publish the step, restart here in turn, await every server
+            self.rolling.restart_and_verify(self, step, target, staged, old)
+            return
+        self.restart_here(step, target, staged, old)
+
+    def restart_here(self, step: str, target: keys.KeyFile, staged: bytes, old: Optional[ServerProcess]) -> None:
         for check in self.checks:
             check.before_restart(step, target)
         res = self.k3s.restart()
@@ -192,11 +202,14 @@ class Executor:
 
     def wait_for(self, target: keys.KeyFile, staged: bytes, old: Optional[ServerProcess]) -> None:
         """Until restart-timeout: K3s back, on a new process, serving exactly `staged`. VerifyFailed if not."""
+        self.wait_for_kids(target.kids, target.signer.kid, sha256(staged), old)
+
+    def wait_for_kids(self, kids: Sequence[str], signer: str, want: str, old: Optional[ServerProcess]) -> None:
+        """wait_for by the staged file's kids, signer kid and sha256 (multi-server: what another server published)."""
         timeout = self.cfg.restart_timeout.total_seconds()
         start = self.clock.monotonic()
         api = self.k3s.api() if self.cfg.verify_api else None
-        want = sha256(staged)
-        expected = _unique(target.kids)
+        expected = _unique(kids)
         last = "no K3s server process yet"
         while True:
             proc = self.k3s.server_process()
@@ -218,8 +231,8 @@ class Executor:
                             f"K3s restarted (pid {proc.pid}) but serves another key set than the one staged "
                             "(K3s did not apply the rotate-ca data)"
                         )
-                elif current != target.signer.kid:
-                    last = f"service.current.key holds {current}, expected {target.signer.kid}"
+                elif current != signer:
+                    last = f"service.current.key holds {current}, expected {signer}"
                 elif api is None:
                     return
                 elif not ready:
@@ -265,6 +278,8 @@ class Executor:
         self.store.save(self.state)
         checkpoint(step, "committed")
         self.backups.trim(protect={intent.backup})
+        if self.rolling is not None:  # multi-server: publish the outcome and this state; release the step lease
+            self.rolling.finished(self.state, "committed")
         phase = planner.phase(self.state, target)
         self.log.info(
             f"{step}.done",
@@ -335,6 +350,8 @@ class Executor:
         self.state.restore(intent.snapshot)
         self.state.intent = None
         self.store.save(self.state)
+        if self.rolling is not None:  # multi-server: publish the outcome; the others restart onto it in turn
+            self.rolling.finished(self.state, "rolled-back")
         self.log.info(
             "rollback.done",
             msg=f"rolled back to {', '.join(target.kids)}",
@@ -378,6 +395,10 @@ class Executor:
                 f"a rollback of {intent.step} failed earlier; restore {intent.backup} by hand (see the log), "
                 "then run `k3srotd rollback --yes`"
             )
+        if self.rolling is not None and intent.stage in ("restarting", "rolling"):  # multi-server: a published step
+            done: Optional[str] = self.rolling.resume(self, intent)
+            if done is not None:
+                return done
         self.log.warning(
             "resume", msg=f"an interrupted {intent.step} (stage {intent.stage}) is resumed", step=intent.step
         )

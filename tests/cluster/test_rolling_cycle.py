@@ -1,0 +1,90 @@
+"""A full staged cycle on three servers: one rotate-ca per step, every server restarted in turn, never two at once."""
+
+from __future__ import annotations
+
+import time
+
+from clusternode import Cluster, downtimes, wait_until
+
+
+def _overlaps(intervals: list[tuple[float, float, str]]) -> list[tuple[str, str]]:
+    ordered = sorted(intervals)
+    return [(a[2], b[2]) for a, b in zip(ordered, ordered[1:]) if b[0] < a[1]]
+
+
+def test_staged_cycle_rolls_every_server_one_at_a_time(cluster: Cluster) -> None:
+    a, b, c = cluster
+    old = a.server.signer_kid()
+    old_token = b.server.request_token("default", "app")
+    starts = {n.name: len(downtimes(n.server)) for n in cluster}
+    b.start_daemon()
+    c.start_daemon()
+    wait_until(
+        "every daemon reports",
+        lambda: {"k3srotd-node-server-1", "k3srotd-node-server-2"} <= {k.split("/")[1] for k in cluster.leases()},
+    )
+
+    proc = a.ok("rotate-now", timeout=240)
+    new = a.status()["signer_kid"]
+    assert new != old and new in proc.stdout
+    for n in cluster:  # every server: the new key signs, both verify, the token from before still passes
+        assert n.server.jwks_kids() == [new, old], n.name
+        assert n.server.signer_kid() == new, n.name
+        assert n.server.review_token(old_token)["authenticated"] is True, n.name
+    # the followers adopted the driver's state: the same phase, keys and next step everywhere
+    wait_until("followers adopt", lambda: all(n.status() == a.status() for n in (b, c)), timeout=30)
+
+    # each server restarted exactly twice (publish, then promote), one at a time, publish everywhere first
+    windows = []
+    for n in cluster:
+        mine = downtimes(n.server)[starts[n.name] :]
+        assert len(mine) == 2, (n.name, mine)
+        windows += [(s, e, n.name) for s, e, _ in mine]
+    assert _overlaps(windows) == []
+    ordered = sorted(windows)
+    assert {w[2] for w in ordered[:3]} == {"server-0", "server-1", "server-2"}
+    # the driver published each step once and committed it only when all three ran it
+    events = [e["event"] for e in a.events()]
+    assert events.count("rolling.published") == 2 and events.count("rolling.complete") == 2
+    assert events.index("rolling.complete") < events.index("publish.done") < events.index("promote.done")
+    for n in (b, c):
+        restarted = [e for e in n.daemon_events() if e["event"] == "rolling.restarted"]
+        assert len(restarted) == 2 and restarted[1]["kids"] == [new, old], n.name
+
+    table = a.ok("status").stdout
+    assert "servers         3 (server-0, server-1, server-2)" in table
+    for n in cluster:
+        line = next(ln for ln in table.splitlines() if ln.startswith(n.name))
+        assert line.split()[1:4] == ["True", f"{new[:8]},{old[:8]}", "yes"], line
+    assert set(a.status()) == {"phase", "signer_kid", "keys", "last_rotation", "next_action"}
+
+    # prune after the grace: one more rolling step, and the old token stops working everywhere
+    for n in cluster:
+        n.write_config(grace_period="1s")
+    time.sleep(1.1)
+    a.ok("prune", timeout=240)
+    for n in cluster:
+        assert n.server.jwks_kids() == [new], n.name
+        assert n.server.review_token(old_token)["authenticated"] is False, n.name
+    windows = []
+    for n in cluster:
+        mine = downtimes(n.server)[starts[n.name] :]
+        assert len(mine) == 3, (n.name, mine)
+        windows += [(s, e, n.name) for s, e, _ in mine]
+    assert _overlaps(windows) == []
+    assert "prune.done" in [e["event"] for e in a.events()]
+
+
+def test_direct_is_refused_with_more_than_one_server(cluster: Cluster) -> None:
+    a = cluster[0]
+    for n in cluster:
+        n.write_config(strategy="direct")
+    pids = [n.server.pid for n in cluster]
+    datastore = a.server.datastore_kids()
+    proc = a.k3srotd("rotate-now")
+    assert proc.returncode == 3, proc.stderr
+    assert "strategy direct is refused on a cluster of 3 servers" in proc.stderr
+    assert "staged" in proc.stderr
+    assert [n.server.pid for n in cluster] == pids
+    assert a.server.datastore_kids() == datastore
+    assert not (a.staging_dir / "server" / "tls" / "service.key").exists()

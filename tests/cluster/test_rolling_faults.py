@@ -1,0 +1,216 @@
+"""Servers that fail around a rolling step: killed while holding the restart lease, down for a whole step, and cut
+off from the API. What an operator checks: the others go on, nothing harmful happens, the logs and status say why,
+and the server catches up when it returns."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+
+from clusternode import LEASE_SECONDS, Cluster, ClusterNode, downtimes, wait_until
+from k3semu.harness import free_port
+
+
+def _holder(cluster: Cluster, lease: str) -> tuple[str, str]:
+    spec = (cluster.leases().get(f"kube-system/{lease}") or {}).get("spec", {})
+    return str(spec.get("holderIdentity") or ""), str(spec.get("renewTime") or "")
+
+
+def _rfc(t: str) -> float:
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp()
+
+
+def _reported(cluster: Cluster, *names: str) -> bool:
+    return {f"k3srotd-node-{n}" for n in names} <= {k.split("/")[1] for k in cluster.leases()}
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 240) -> int:
+    return proc.wait(timeout=timeout)
+
+
+def test_a_server_killed_holding_the_restart_lease_blocks_the_others_for_one_lease_only(cluster: Cluster) -> None:
+    a, b, c = cluster
+    old = a.server.signer_kid()
+    b.start_daemon()
+    c.start_daemon()
+    wait_until("every daemon reports", lambda: _reported(cluster, "server-1", "server-2"))
+    c.stop_daemon()  # server-2 joins later, so that server-1 takes the restart lease first
+    b.server.set_faults({"slow_start": {"times": 1, "seconds": 30}})  # server-1's K3s hangs in its restart
+    a.write_config(publish_wait="1h")
+    driver = a.start_bg("rotate-now", log=a.root / "rotate-now.log")
+    try:
+        wait_until(
+            "server-1 holds the restart lease",
+            lambda: _holder(cluster, "k3srotd-restart")[0] == "server-1",
+            timeout=90,
+            every=0.05,
+        )
+        _, renewed = _holder(cluster, "k3srotd-restart")
+        starts = len([r for r in b.server.lifecycle() if r["event"] == "start"])
+        wait_until(
+            "server-1's K3s is restarting",
+            lambda: len([r for r in b.server.lifecycle() if r["event"] == "start"]) > starts,
+            every=0.05,
+        )
+        b.stop_daemon(sig=9)  # the whole server dies: its k3srotd, the restart under way, its K3s
+        _kill_restart_helper(str(b.server.data_dir))
+        b.server.kill()
+        killed_at = time.time()
+        c.start_daemon()
+        wait_until(
+            "server-2 restarts onto the published set",
+            lambda: any(e["event"] == "rolling.restarted" for e in c.daemon_events()),
+            timeout=60,
+        )
+        # server-2 took its turn only after server-1's lease ran out
+        turn = [s for s, _, _ in downtimes(c.server)][-1]
+        assert turn >= _rfc(renewed) + LEASE_SECONDS - 0.5, turn - _rfc(renewed)
+        assert turn >= killed_at
+        waits = [e["msg"] for e in c.daemon_events() if e["event"] == "rolling.turn"]
+        assert any("held by server-1" in m for m in waits)
+        # the driver waits for server-1 and says so; nothing is committed yet
+        wait_until("the driver names server-1", lambda: _awaiting(a, "server-1"))
+        st = a.status()  # published here, not committed: promote waits
+        assert st["phase"] == "published" and st["next_action"]["action"] == "promote"
+        assert a.server.signer_kid() == old
+
+        # server-1 comes back: K3s starts on the published set (from the datastore), its k3srotd checks and reports
+        b.server.clear_faults()
+        b.server.start()
+        b.start_daemon()
+        wait_until("the publish is committed", lambda: "rolling" not in a.ok("status").stdout, timeout=60)
+        assert a.status()["phase"] == "published"
+        events = [e for e in b.daemon_events() if e["event"] == "rolling.on-step"]
+        assert events and "server-1 runs publish" in events[-1]["msg"]
+        new = a.status()["keys"][-1]["kid"]
+        for n in cluster:
+            assert n.server.jwks_kids() == [old, new], n.name
+    finally:
+        driver.terminate()
+        driver.wait(timeout=30)
+
+
+def test_a_server_down_for_a_whole_step_is_waited_for_and_catches_up(cluster: Cluster) -> None:
+    a, b, c = cluster
+    old = a.server.signer_kid()
+    for n in cluster:
+        n.start_daemon()
+    wait_until("every daemon reports", lambda: _reported(cluster, "server-0", "server-1", "server-2"))
+    a.stop_daemon()
+    c.stop_daemon()  # server-2 goes down: k3srotd and K3s
+    c.server.stop()
+    pid_b = b.server.pid
+    log = a.root / "rotate-now.log"
+    driver = a.start_bg("rotate-now", log=log)
+    try:
+        wait_until("server-1 restarted", lambda: b.server.pid not in (None, pid_b), timeout=60)
+        # promote waits: the publish is not committed while server-2 has not run it; status and the log say why
+        line = wait_until("status names server-2", lambda: _awaiting(a, "server-2"))
+        assert "Node Ready Unknown" in line
+        assert a.status()["phase"] == "published" and a.server.signer_kid() == old
+        waiting = wait_until(
+            "the log names server-2 alone",
+            lambda: [
+                r
+                for r in _records(log)
+                if r["event"] == "rolling.waiting" and r["msg"].startswith("publish waits for server-2:")
+            ],
+        )
+        assert "Node Ready Unknown" in waiting[-1]["msg"]
+        time.sleep(LEASE_SECONDS + 1)
+        assert driver.poll() is None  # no timeout: it waits for as long as server-2 is away
+        assert [r["event"] for r in _records(log) if r["event"] in ("publish.done", "step.failed")] == []
+
+        c.server.start()  # server-2 is back: K3s reconciles the published set, its k3srotd checks and reports
+        c.start_daemon()
+        assert _finish(driver) == 0, log.read_text()[-3000:]
+    finally:
+        if driver.poll() is None:
+            driver.terminate()
+            driver.wait(timeout=30)
+    st = a.status()
+    assert st["phase"] == "promoted" and st["signer_kid"] != old
+    for n in cluster:
+        assert n.server.signer_kid() == st["signer_kid"], n.name
+        assert n.server.jwks_kids() == [st["signer_kid"], old], n.name
+    # server-2 did its promote restart in turn, as a follower
+    assert [e for e in c.daemon_events() if e["event"] == "rolling.restarted"]
+
+
+def test_a_server_cut_off_from_the_api_does_nothing_and_says_so(cluster: Cluster) -> None:
+    a, _, c = cluster
+    old = a.server.signer_kid()
+    for n in cluster:
+        n.start_daemon()
+    wait_until("every daemon reports", lambda: _reported(cluster, "server-0", "server-1", "server-2"))
+    a.stop_daemon()
+    c.stop_daemon()
+    closed = _closed_port()
+    c.write_config(k3s_server_url=f"https://127.0.0.1:{closed}")
+    c.start_daemon()
+    wait_until(
+        "server-2 says it cannot reach the API",
+        lambda: [e for e in c.daemon_events() if e["event"] == "daemon.idle" and "cannot reach the API" in e["msg"]],
+    )
+    refused = c.k3srotd("rotate-now")
+    assert refused.returncode == 3 and "cannot reach the API" in refused.stderr
+    assert "takes no step and restarts nothing" in refused.stderr
+    assert "cannot reach the API" in c.ok("status").stdout
+
+    pid_c = c.server.pid
+    driver = a.start_bg("rotate-now", log=a.root / "rotate-now.log")
+    try:
+        wait_until("the driver names server-2", lambda: _awaiting(a, "server-2"), timeout=90)
+        time.sleep(2)
+        assert c.server.pid == pid_c  # never restarted, never took a lease
+        assert "server-2" not in {_holder(cluster, "k3srotd-restart")[0], _holder(cluster, "k3srotd-step")[0]}
+        assert a.status()["phase"] == "published" and a.server.signer_kid() == old
+
+        c.write_config(k3s_server_url=c.server.url)  # reconnected: SIGHUP, and it catches up
+        assert c.daemon is not None
+        c.daemon.send_signal(1)
+        assert _finish(driver) == 0
+    finally:
+        if driver.poll() is None:
+            driver.terminate()
+            driver.wait(timeout=30)
+    st = a.status()
+    assert st["phase"] == "promoted"
+    assert c.server.pid != pid_c and c.server.jwks_kids() == [st["signer_kid"], old]
+
+
+def _awaiting(node: ClusterNode, name: str) -> str:
+    """The status table's `awaiting` row for server `name`, or ""."""
+    for line in node.ok("status").stdout.splitlines():
+        if line.startswith("awaiting") and line.split(None, 1)[1].startswith(name + ":"):
+            return line
+    return ""
+
+
+def _kill_restart_helper(data_dir: str) -> None:
+    import psutil
+
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info.get("cmdline") or []
+        if any(x.endswith("k3s-restart") for x in cmd) and data_dir in cmd:
+            p.kill()
+
+
+def _records(path) -> list[dict]:  # type: ignore[no-untyped-def]
+    import json
+
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return []
+    return [json.loads(ln) for ln in text.splitlines() if ln.startswith("{")]
+
+
+def _closed_port() -> int:
+    port = free_port()
+    with socket.socket() as s:  # nothing listens there: connections are refused at once
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+    return port
