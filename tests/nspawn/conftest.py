@@ -3,7 +3,6 @@ cached Debian 12 root file system that containers boot from (tests/nspawn/contai
 
 from __future__ import annotations
 
-import atexit
 from pathlib import Path
 from typing import Iterator
 
@@ -11,8 +10,6 @@ import pytest
 
 from nspawn import container
 from nspawn.packages import Packages, build, build_tools_missing
-
-atexit.register(container.stop_all)
 
 
 @pytest.fixture(scope="session")

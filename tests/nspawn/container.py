@@ -1,6 +1,7 @@
 """Debian 12 under a real systemd and journald, in systemd-nspawn, for the integration tests.
 
-A plain module (no pytest in here):
+A plain module (no pytest in here). Every container test boots from the one cached root it builds: the package
+tests in tests/nspawn, tests/daemon/test_unit_nspawn.py and tests/emulator/test_k3s_service_nspawn.py.
 
     root = rootfs()                              # debootstrapped once, cached outside the repository
     with Container(root, binds_ro={"/host/dist": "/srv/dist"}) as c:    # boots a throwaway copy
@@ -32,6 +33,7 @@ Environment:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import hashlib
@@ -47,9 +49,10 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
 SUITE = "bookworm"
-# What the .deb depends on comes from Debian's own packages, already in the root (apt then resolves the .deb
-# offline); python3-cffi-backend is named because debootstrap cannot resolve all of cryptography's
-# dependencies by itself; rpm is there for the rpm tests.
+# What the .deb depends on comes from Debian's own packages, already in the root: apt then resolves the .deb
+# offline, the unit test's sandbox probe runs k3srotd's modules from the source tree with them, and the K3s
+# emulator runs with Debian's cryptography and PyYAML. python3-cffi-backend is named because debootstrap cannot
+# resolve all of cryptography's dependencies by itself; rpm is there for the rpm tests.
 INCLUDE = (
     "systemd,systemd-sysv,dbus,python3,python3-systemd,python3-cffi-backend,python3-cryptography,"
     "python3-yaml,python3-apscheduler,python3-psutil,python3-structlog,python3-click,iproute2,procps,"
@@ -62,6 +65,7 @@ CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 _counter = itertools.count()
 _live: List[Container] = []
+atexit.register(lambda: stop_all())  # containers still running when the interpreter exits (an interrupted run)
 
 
 class ContainerError(RuntimeError):
@@ -410,7 +414,7 @@ class Container:
         """Journal entries (JSON) after a cursor whose fields equal `fields`. Matches are applied here, not by
         journalctl (see the module doc)."""
         self.run("journalctl", "--sync", check=False)
-        argv = ["journalctl", "-o", "json", "--no-pager"]
+        argv = ["journalctl", "-o", "json", "--all", "--no-pager"]  # --all: fields over 4 KiB in full, not null
         if after:
             argv.append(f"--after-cursor={after}")
         if unit:
