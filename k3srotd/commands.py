@@ -75,7 +75,8 @@ def rotate_now(
         _await_promote_gate(s, cfg, clock, log, progress)
         engine.require_window(cfg, clock.now(), "promote", ignore_window)
         data, live, _ = s.read_live()
-        live = s.promote(data, live)
+        # multi-server: another server's daemon may promote first; rotate-now then follows it
+        live = s.promote(data, live) if s.rolling is None else s.rolling.promote_or_follow(s, data, live)
         click.echo(_summary(live, s.phase(live)))
 
 

@@ -24,7 +24,8 @@ from k3srotd.clock import Clock
 from k3srotd.durations import format_duration
 from k3srotd.errors import ConfigError, K3srotdError, LockHeld, RollbackFailed, SafetyRefusal, StepFailed
 from k3srotd.notify import Notifier, watchdog_interval
-from k3srotd.rolling import IDLE_POLL, Waiting, node_name
+from k3srotd.rolling import IDLE_POLL, Waiting
+from k3srotd.rollplan import node_name
 from k3srotd.state import ts
 
 RETRY_AFTER = dt.timedelta(hours=1)  # after a failed step

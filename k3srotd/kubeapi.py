@@ -63,10 +63,9 @@ class KubeAPI:
             user = next(u["user"] for u in cfg["users"] if u["name"] == context["user"])
         except (KeyError, IndexError, StopIteration, TypeError, AttributeError):
             raise ConfigError(f"{path}: has no usable context/cluster/user; set kubeconfig") from None
-        ctx = ssl.create_default_context()
         ca = _data(cluster, "certificate-authority", path.parent)
-        if ca:
-            ctx.load_verify_locations(cadata=ca.decode())
+        # the kubeconfig's CA alone, as kubectl trusts it (and ~20 ms less than loading the system's store too)
+        ctx = ssl.create_default_context(cadata=ca.decode()) if ca else ssl.create_default_context()
         cert = _data(user, "client-certificate", path.parent)
         key = _data(user, "client-key", path.parent)
         if cert and key:

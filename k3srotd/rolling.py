@@ -30,21 +30,16 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
-import os
-import socket
 import uuid
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from k3srotd import keys
 from k3srotd.clock import Clock
 from k3srotd.cluster import (
-    NODE_LEASE,
     RESTART_LEASE,
     STEP_LEASE,
     Cluster,
     Held,
-    Lease,
     Report,
     Server,
     Step,
@@ -53,20 +48,20 @@ from k3srotd.config import Config
 from k3srotd.errors import ConfigError, LockHeld, SafetyRefusal
 from k3srotd.files import sha256
 from k3srotd.kubeapi import APIError
-from k3srotd.state import Intent, State, ensure_private_dir, ts, write_atomic
+from k3srotd.rollplan import Book, awaited, lease_seconds, my_turn, node_name, out_of_step
+from k3srotd.state import Intent, State
 
 if TYPE_CHECKING:
+    from k3srotd.engine import Session
     from k3srotd.k3s import K3s, ServerProcess
     from k3srotd.steps import Executor
 
-LEASE_ENV = "K3SROTD_TEST_LEASE_SECONDS"  # test hook: a short lease duration
 LOOK_SECONDS = 1.0  # between looks at the cluster while a step is open
 TURN_POLL = 0.25  # between tries for the restart lease
 TURN_WAIT = 20.0  # a follower waits this long for its turn within one look
 IDLE_POLL = dt.timedelta(seconds=2)  # the daemon looks at the cluster at least this often
 HEARTBEAT = 30.0  # a report is rewritten at least this often
 API_RETRY = 5.0  # after the API could not be reached
-BOOK = "cluster.json"
 
 
 class Waiting(LockHeld):
@@ -76,101 +71,6 @@ class Waiting(LockHeld):
     def __init__(self, message: str, retry: float = LOOK_SECONDS) -> None:
         super().__init__(message)
         self.retry = retry
-
-
-def node_name(cfg: Config) -> str:
-    return cfg.node_name or cfg.k3s.node_name or socket.gethostname()
-
-
-def lease_seconds(cfg: Config) -> int:
-    """Long enough to cover a restart and its verification (each up to restart-timeout): a server cannot renew
-    while its own API is down."""
-    override = os.environ.get(LEASE_ENV)
-    if override:
-        return max(1, int(float(override)))
-    return int(2 * cfg.restart_timeout.total_seconds()) + 60
-
-
-def short(kids: Sequence[str]) -> str:
-    return ",".join(k[:8] for k in kids) or "-"
-
-
-# --- pure decisions
-def awaited(
-    servers: Sequence[Server], step: Step, reports: dict[str, Report], now: dt.datetime
-) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(servers still awaited with why, servers that failed the step with their error)."""
-    waiting: list[tuple[str, str]] = []
-    failed: list[tuple[str, str]] = []
-    for srv in servers:
-        r = reports.get(srv.name)
-        if r is not None and r.step_id == step.id and r.live_sha == step.target_sha and r.result == "ok":
-            continue
-        if r is not None and r.step_id == step.id and r.result == "failed":
-            failed.append((srv.name, r.error or "failed"))
-            continue
-        why = []
-        if srv.ready and srv.ready != "True":
-            why.append(f"Node Ready {srv.ready}" + (f" ({srv.reason})" if srv.reason else ""))
-        if r is None:
-            why.append("its k3srotd has never reported (is `k3srotd run` running there?)")
-        else:
-            why.append(f"runs {short(r.live_kids)}, not yet {short(step.target_kids)}")
-            if r.valid_until is not None and r.valid_until < now and r.at is not None:
-                why.append(f"its k3srotd has not reported since {ts(r.at)}")
-        waiting.append((srv.name, "; ".join(why)))
-    return waiting, failed
-
-
-def out_of_step(
-    servers: Sequence[Server], step: Optional[Step], reports: dict[str, Report], me: str, my_sha: str
-) -> Optional[str]:
-    """None when a new step may start here: no step of another server is open and every server runs this server's
-    key set. Else what is awaited."""
-    if step is not None and step.open and step.driver != me:
-        return f"{step.driver} drives {step.step} ({step.id}) onto {short(step.target_kids)}"
-    behind = []
-    for srv in servers:
-        if srv.name == me:
-            continue
-        r = reports.get(srv.name)
-        if r is None:
-            behind.append(f"{srv.name} (its k3srotd has never reported)")
-        elif r.live_sha != my_sha:
-            behind.append(f"{srv.name} (runs {short(r.live_kids)})")
-    if behind:
-        return "every server must run this server's key set first: " + ", ".join(behind)
-    return None
-
-
-def my_turn(step: Optional[Step], my_sha: str, mine: Optional[Report], tried: dict[str, str]) -> str:
-    """restart | verify | "" : what this server owes the published step."""
-    if step is None:
-        return ""
-    if my_sha == step.target_sha:
-        return "" if mine is not None and mine.step_id == step.id and mine.result == "ok" else "verify"
-    return "" if step.id in tried else "restart"
-
-
-# --- <state-dir>/cluster.json: what this server knows of its cluster between runs
-class Book:
-    def __init__(self, state_dir: str) -> None:
-        self.path = Path(state_dir) / BOOK
-
-    def load(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.path.read_bytes())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def update(self, **changes: Any) -> dict[str, Any]:
-        data = self.load()
-        new = {**data, **changes}
-        if new != data:
-            ensure_private_dir(self.path.parent)
-            write_atomic(self.path, json.dumps(new, indent=1, sort_keys=True).encode() + b"\n")
-        return new
 
 
 def attach(
@@ -233,7 +133,6 @@ class Rolling:
         self.seen_step: Optional[str] = None
         self.holding_step = False
         self._mine: Optional[Report] = None
-        self._reported_at = -HEARTBEAT
 
     # --- reading the cluster
     def _picture(self) -> tuple[list[Server], Optional[Step], dict[str, Report]]:
@@ -268,12 +167,13 @@ class Rolling:
             at=None,
             valid_until=None,
         )
-        fresh = self.clock.monotonic() - self._reported_at < HEARTBEAT
+        # rewritten when it changes, else about every HEARTBEAT: each write is a datastore write on every server
+        every = min(HEARTBEAT, self.cluster.duration / 2)
+        fresh = cur is not None and cur.at is not None and (self.clock.now() - cur.at).total_seconds() < every
         if not force and fresh and cur is not None and cur.annotations() == new.annotations():
             return
         lease = self.cluster.report(new)
         self._mine = Report.from_lease(lease)
-        self._reported_at = self.clock.monotonic()
 
     # --- one look, as a follower
     def look(self, ex: Executor) -> tuple[Optional[str], float]:
@@ -299,6 +199,11 @@ class Rolling:
                     self._report(live, sha)
                     return waiting, LOOK_SECONDS
                 continue  # look again from the new live file
+            failed = tried.get(step.id, "") if step is not None and sha != step.target_sha else ""
+            mine = self._mine
+            if step is not None and failed.startswith("failed") and (mine is None or mine.step_id != step.id):
+                # it failed while its own API was down (its K3s did not come back at first): report it now
+                self._report(live, sha, force=True, step_id=step.id, result="failed", error=failed[8:500])
             if step is not None and turn == "verify":
                 waiting = self._verify_here(ex, step, live, sha)
                 if waiting is not None:
@@ -389,14 +294,18 @@ class Rolling:
                 kids=step.target_kids,
             )
             ex.backups.save(data, f"{step.step}-follow", self.clock.now())
+            for check in ex.checks:  # the same checks as around the driver's restart (gates.step_checks)
+                check.before_restart(step.step, live)
             res = self.k3s.restart()
             self.log.info("restart", msg=f"restart-command exited {res.returncode}", argv=list(res.argv))
             try:
                 ex.wait_for_kids(step.target_kids, step.signer_kid, step.target_sha, proc)
+                new_data, new_live = self._live()
+                for check in ex.checks:
+                    check.after_restart(step.step, new_live)
             except VerifyFailed as e:
                 self._failed(step, live, sha256(data), str(e))
                 return None
-            new_data, new_live = self._live()
             tried = dict(self.book.load().get("tried") or {})
             tried[step.id] = "ok"
             self.book.update(tried=dict(list(tried.items())[-20:]))
@@ -432,7 +341,7 @@ class Rolling:
         self.book.update(adopted=step.id)
         self.log.info(
             "rolling.adopted",
-            msg=f"{step.step} ({step.id}) is finished on every server; this server follows {step.driver}'s state",
+            msg=f"{step.step} ({step.id}) is {step.outcome}; this server follows {step.driver}'s state",
             node=self.me,
         )
 
@@ -459,6 +368,19 @@ class Rolling:
             if self.progress is not None:
                 self.progress(f"waiting: {reason}", self.clock.monotonic() - start)
             self.clock.sleep(delay)
+
+    def promote_or_follow(self, s: Session, data: bytes, live: keys.KeyFile) -> keys.KeyFile:
+        """rotate-now's promote; when another server's daemon took the step first, follow it to its end."""
+        pending = s.state.pending
+        try:
+            return s.promote(data, live)
+        except Waiting:
+            self.wait_in_step(s.executor)
+            _, now_live, _ = s.read_live()
+            if pending is None or now_live.signer.kid != pending:
+                raise
+            self.log.info("rolling.followed", msg=f"another server promoted {pending}; this server followed it")
+            return now_live
 
     def refuse_direct(self) -> None:
         names = ", ".join(s.name for s in self.servers)
@@ -627,7 +549,10 @@ class Rolling:
         from k3srotd.steps import VerifyFailed
 
         sid = self.book.load().get("driving")
-        _, cur, _ = self._picture()
+        try:
+            _, cur, _ = self._picture()
+        except APIError as e:
+            raise Waiting(f"{intent.step} is rolling out; cannot reach the API ({e})", API_RETRY) from None
         if not sid or cur is None or cur.id != sid or not cur.open:
             return None
         data, live = self._live()
@@ -662,71 +587,3 @@ class Rolling:
             return
         self._release(STEP_LEASE)
         self.holding_step = False
-
-
-# --- status
-def status(cfg: Config, clock: Clock) -> tuple[list[tuple[str, str]], list[str]]:
-    """Rows and a server table for `status`, when this server knows it is one of several (no API call otherwise)."""
-    known = Book(cfg.state_dir).load().get("servers") or []
-    if len(known) <= 1:
-        return [], []
-    from k3srotd.kubeapi import KubeAPI
-
-    me = node_name(cfg)
-    cluster = Cluster(KubeAPI(cfg.kubeconfig, cfg.k3s_server_url, timeout=5.0), me, clock, lease_seconds(cfg))
-    try:
-        servers = cluster.servers()
-        leases = cluster.leases()
-    except (APIError, ConfigError) as e:
-        return [
-            (
-                "servers",
-                f"cannot reach the API ({e}); this server ({me}) is one of {len(known)} ({', '.join(known)}) and "
-                "takes no step and restarts nothing until it can",
-            )
-        ], []
-    now = clock.now()
-    step = Step.from_lease(leases.get(STEP_LEASE))
-    reports = Cluster.reports(leases)
-    rows = [("servers", f"{len(servers)} ({', '.join(s.name for s in servers)}); this is {me}")]
-    for name, label in ((STEP_LEASE, "step lease"), (RESTART_LEASE, "restart lease")):
-        rows.append((label, _lease_text(leases.get(name), now)))
-    if step is not None:
-        rows.append(
-            (
-                "cluster step",
-                f"{step.step} ({step.id}) by {step.driver}: {step.outcome}; target {', '.join(step.target_kids)}",
-            )
-        )
-        waiting, failed = awaited(servers, step, reports, now) if step.open else ([], [])
-        for name, why in waiting:
-            rows.append(("awaiting", f"{name}: {why}"))
-        for name, err in failed:
-            rows.append(("failed", f"{name}: {err}"))
-    table = [("SERVER", "READY", "LIVE KEYS", "ON STEP", "REPORTED")]
-    for srv in servers:
-        r = reports.get(srv.name)
-        on = "-"
-        if step is not None and r is not None:
-            on = {"ok": "yes", "failed": "failed"}.get(r.result, "no") if r.step_id == step.id else "no"
-        reported = "never" if r is None or r.at is None else _ago(now - r.at)
-        table.append((srv.name, srv.ready or "?", short(r.live_kids) if r else "?", on, reported))
-    widths = [max(len(t[i]) for t in table) for i in range(len(table[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(t, widths)).rstrip() for t in table]
-    return rows, lines
-
-
-def _ago(delta: dt.timedelta) -> str:
-    from k3srotd.durations import format_duration
-
-    return f"{format_duration(max(delta, dt.timedelta(0)))} ago"
-
-
-def _lease_text(lease: Optional[Lease], now: dt.datetime) -> str:
-    if lease is None or not lease.held(now):
-        return "free"
-    exp = lease.expires
-    return f"held by {lease.holder}" + (f" (until {ts(exp)} unless renewed)" if exp else "")
-
-
-__all__ = ["NODE_LEASE", "Rolling", "Waiting", "attach", "awaited", "my_turn", "out_of_step", "status"]

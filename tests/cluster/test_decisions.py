@@ -8,7 +8,7 @@ import datetime as dt
 import pytest
 
 from k3srotd.cluster import Lease, Report, Server, Step
-from k3srotd.rolling import awaited, my_turn, out_of_step
+from k3srotd.rollplan import awaited, my_turn, out_of_step
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 A, B = "A" * 43, "B" * 43
@@ -105,6 +105,9 @@ def test_out_of_step(published: Step | None, shas: dict[str, str], expected: str
         ("sha-new", None, {}, "verify"),  # on the set already (restarted meanwhile): check and report
         ("sha-new", report("server-1", "sha-new", "s1", "ok"), {}, ""),
         ("sha-new", report("server-1", "sha-new", "s0", "ok"), {}, "verify"),
+        ("sha-new", report("server-1", "sha-new", "s1", "failed"), {"s1": "failed: x"}, ""),  # a failure stands
+        ("sha-old", report("server-1", "sha-old", "s1", "failed"), {"s1": "failed: x"}, ""),
+        ("sha-new", report("server-1", "sha-old", "s0", "ok"), {"s1": "failed: x"}, "verify"),  # unreported
     ],
 )
 def test_my_turn(my_sha: str, mine: Report | None, tried: dict[str, str], turn: str) -> None:

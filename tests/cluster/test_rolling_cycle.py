@@ -17,8 +17,9 @@ def test_staged_cycle_rolls_every_server_one_at_a_time(cluster: Cluster) -> None
     old = a.server.signer_kid()
     old_token = b.server.request_token("default", "app")
     starts = {n.name: len(downtimes(n.server)) for n in cluster}
-    b.start_daemon()
-    c.start_daemon()
+    for n in (b, c):
+        n.write_config(publish_wait="1h")  # their daemons follow; rotate-now on server-0 drives both steps
+        n.start_daemon()
     wait_until(
         "every daemon reports",
         lambda: {"k3srotd-node-server-1", "k3srotd-node-server-2"} <= {k.split("/")[1] for k in cluster.leases()},
@@ -88,3 +89,29 @@ def test_direct_is_refused_with_more_than_one_server(cluster: Cluster) -> None:
     assert [n.server.pid for n in cluster] == pids
     assert a.server.datastore_kids() == datastore
     assert not (a.staging_dir / "server" / "tls" / "service.key").exists()
+
+
+def test_daemons_alone_rotate_the_cluster_one_driver_per_step(cluster: Cluster) -> None:
+    """No command by hand: the daemons decide; whichever takes k3srotd-step drives, the others follow."""
+    old = cluster[0].server.signer_kid()
+    starts = {n.name: len(downtimes(n.server)) for n in cluster}
+    for n in cluster:
+        n.write_config(rotation_interval="12s")  # the signer falls due a few seconds after the start
+        n.start_daemon()
+    wait_until(
+        "a promote done by some daemon",
+        lambda: [e for n in cluster for e in n.daemon_events() if e["event"] == "promote.done"],
+        timeout=120,
+    )
+    for n in cluster:
+        n.stop_daemon()
+    drivers = [(n.name, e["event"]) for n in cluster for e in n.daemon_events() if e["event"] == "rolling.published"]
+    assert len(drivers) >= 2, drivers  # publish and promote, each published by exactly one server
+    done = [e for n in cluster for e in n.daemon_events() if e["event"] in ("publish.done", "promote.done")]
+    assert sorted(e["event"] for e in done)[:2] == ["promote.done", "publish.done"]
+    new = next(e for e in done if e["event"] == "promote.done")["signer_kid"]
+    assert new != old
+    for n in cluster:
+        assert new in n.server.jwks_kids(), n.name
+    windows = [(s, e, n.name) for n in cluster for s, e, _ in downtimes(n.server)[starts[n.name] :]]
+    assert len(windows) >= 6 and _overlaps(windows) == []

@@ -39,7 +39,8 @@ def test_a_server_killed_holding_the_restart_lease_blocks_the_others_for_one_lea
     wait_until("every daemon reports", lambda: _reported(cluster, "server-1", "server-2"))
     c.stop_daemon()  # server-2 joins later, so that server-1 takes the restart lease first
     b.server.set_faults({"slow_start": {"times": 1, "seconds": 30}})  # server-1's K3s hangs in its restart
-    a.write_config(publish_wait="1h")
+    for n in cluster:
+        n.write_config(publish_wait="1h")  # this test ends with the publish
     driver = a.start_bg("rotate-now", log=a.root / "rotate-now.log")
     try:
         wait_until(
@@ -214,3 +215,38 @@ def _closed_port() -> int:
     with socket.socket() as s:  # nothing listens there: connections are refused at once
         assert s.connect_ex(("127.0.0.1", port)) != 0
     return port
+
+
+def test_a_server_that_fails_its_check_rolls_the_whole_cluster_back(cluster: Cluster) -> None:
+    """server-2's new signer mints tokens that do not verify (emulator fault bad_tokens): its token probe after
+    the promote restart fails, it reports so, and the driver rolls the whole cluster back to the published set."""
+    a, b, c = cluster
+    old = a.server.signer_kid()
+    for n in (b, c):
+        n.write_config(publish_wait="1h")
+        n.start_daemon()
+    wait_until("every daemon reports", lambda: _reported(cluster, "server-1", "server-2"))
+    c.server.set_faults({"bad_tokens": {"not_kid": old}})  # spoils tokens once any other key signs on server-2
+    proc = a.k3srotd("rotate-now", timeout=240)
+    assert proc.returncode == 1, proc.stderr
+    assert "server-2" in proc.stderr and "restored" in proc.stderr
+    failed = [e for e in c.daemon_events() if e["event"] == "step.failed"]
+    assert failed and "promote failed on server-2: token probe" in failed[0]["msg"]
+    events = [e["event"] for e in a.events()]
+    assert "publish.done" in events and "rollback.done" in events and "promote.done" not in events
+    # the rollback is published like a step: server-1 and server-2 restart onto it in turn
+
+    def back() -> bool:
+        try:
+            return all(n.server.signer_kid() == old and len(n.server.jwks_kids()) == 2 for n in cluster)
+        except OSError:  # a server restarting
+            return False
+
+    wait_until("everyone back on the published set", back, timeout=90)
+    new = a.status()["keys"][-1]["kid"]
+    for n in cluster:
+        assert n.server.jwks_kids() == [old, new], n.name
+    wait_until("every server adopted the state", lambda: all(n.status()["phase"] == "published" for n in cluster))
+    windows = [(s_, e, n.name) for n in cluster for s_, e, _ in downtimes(n.server)]
+    ordered = sorted(windows)
+    assert all(x[1] <= y[0] for x, y in zip(ordered, ordered[1:])), "two servers down at once"

@@ -199,7 +199,7 @@ class EmulatedServer:
     def is_ready(self) -> bool:
         try:
             return self.client().ready(timeout=1.0)
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):  # AttributeError: kubeconfig half-written
             return False
 
     def wait_ready(self, timeout: float = 30) -> None:
