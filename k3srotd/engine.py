@@ -47,10 +47,10 @@ def view(cfg: Config, clock: Clock, k3s: Optional[K3s] = None) -> View:
     live = keys.parse(data, str(k3s.live_path))
     mtime = k3s.live_mtime()
     state = _load_readonly(store, now)
-    intent = state.intent
-    if intent is not None and intent.stage == "rolling" and intent.step != "rollback":
-        # multi-server: this server runs the step and waits for the others; shown as it will commit
-        state = planner.committed(state, intent.step, intent.before_kids, intent.target_kids, intent.started_at)
+    if os.path.exists(os.path.join(cfg.state_dir, "cluster.json")):  # multi-server only (rollplan.BOOK)
+        from k3srotd import rollplan
+
+        state = rollplan.shown_state(cfg.state_dir, state)  # a step rolling out: shown as it will commit
     obs = planner.observe(state, live, now, mtime)
     return View(live, mtime, obs.state, now, obs.notes + tuple(store.notes))
 

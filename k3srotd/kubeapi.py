@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import ssl
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Any, Optional
@@ -50,19 +51,25 @@ class KubeAPI:
         import yaml
 
         path = Path(self.kubeconfig)
-        try:
-            cfg = yaml.safe_load(path.read_text())
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read the kubeconfig ({e.strerror}); set kubeconfig") from None
-        except yaml.YAMLError:
-            raise ConfigError(f"{path}: is not a valid kubeconfig (YAML); set kubeconfig") from None
-        try:
-            ctx_name = cfg.get("current-context") or cfg["contexts"][0]["name"]
-            context = next(c["context"] for c in cfg["contexts"] if c["name"] == ctx_name)
-            cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == context["cluster"])
-            user = next(u["user"] for u in cfg["users"] if u["name"] == context["user"])
-        except (KeyError, IndexError, StopIteration, TypeError, AttributeError):
-            raise ConfigError(f"{path}: has no usable context/cluster/user; set kubeconfig") from None
+        for attempt in range(10):  # K3s rewrites its kubeconfig in place at every start: a read may see half of it
+            why = "has no usable context/cluster/user"
+            try:
+                cfg = yaml.safe_load(path.read_text())
+            except OSError as e:
+                raise ConfigError(f"{path}: cannot read the kubeconfig ({e.strerror}); set kubeconfig") from None
+            except yaml.YAMLError:
+                cfg, why = None, "is not a valid kubeconfig (YAML)"
+            try:
+                ctx_name = cfg.get("current-context") or cfg["contexts"][0]["name"]
+                context = next(c["context"] for c in cfg["contexts"] if c["name"] == ctx_name)
+                cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == context["cluster"])
+                user = next(u["user"] for u in cfg["users"] if u["name"] == context["user"])
+                break
+            except (KeyError, IndexError, StopIteration, TypeError, AttributeError):
+                pass
+            if attempt == 9:
+                raise ConfigError(f"{path}: {why}; set kubeconfig")
+            time.sleep(0.1)
         ca = _data(cluster, "certificate-authority", path.parent)
         # the kubeconfig's CA alone, as kubectl trusts it (and ~20 ms less than loading the system's store too)
         ctx = ssl.create_default_context(cadata=ca.decode()) if ca else ssl.create_default_context()

@@ -49,7 +49,7 @@ from k3srotd.errors import ConfigError, LockHeld, SafetyRefusal
 from k3srotd.files import sha256
 from k3srotd.kubeapi import APIError
 from k3srotd.rollplan import Book, awaited, lease_seconds, my_turn, node_name, out_of_step
-from k3srotd.state import Intent, State
+from k3srotd.state import Intent, State, ts
 
 if TYPE_CHECKING:
     from k3srotd.engine import Session
@@ -241,7 +241,15 @@ class Rolling:
             kids=step.target_kids,
         )
         self._report(live, sha, force=True, step_id=step.id, result="ok", error="")
+        self._following(step)
         return None
+
+    def _following(self, step: Step) -> None:
+        """Until it adopts the driver's state, status shows this server's state as the step will commit it."""
+        if step.driver != self.me and step.open:
+            at = ts(step.published_at) if step.published_at else None
+            following = {"id": step.id, "step": step.step, "before": step.before_kids, "target": step.target_kids}
+            self.book.update(following={**following, "at": at})
 
     def _failed(self, step: Step, live: keys.KeyFile, sha: str, error: str) -> None:
         tried = dict(self.book.load().get("tried") or {})
@@ -310,6 +318,7 @@ class Rolling:
             tried[step.id] = "ok"
             self.book.update(tried=dict(list(tried.items())[-20:]))
             self._report(new_live, sha256(new_data), force=True, step_id=step.id, result="ok", error="")
+            self._following(step)
             self.log.info(
                 "rolling.restarted",
                 msg=f"{self.me} runs {step.step} ({step.id}): {', '.join(step.target_kids)}",
@@ -338,7 +347,7 @@ class Rolling:
             self.log.warning("rolling.adopt", msg=f"the state {step.driver} published is unusable ({e}); kept ours")
             return
         ex.store.save(ex.state)
-        self.book.update(adopted=step.id)
+        self.book.update(adopted=step.id, following=None)
         self.log.info(
             "rolling.adopted",
             msg=f"{step.step} ({step.id}) is {step.outcome}; this server follows {step.driver}'s state",
@@ -405,7 +414,8 @@ class Rolling:
         except APIError as e:
             raise Waiting(f"{step} waits: cannot reach the API ({e})", API_RETRY) from None
         reason = out_of_step(servers, cur, reports, self.me, sha256(data))
-        if reason is None and self.seen_step is not None and cur is not None and cur.id != self.seen_step:
+        moved = cur is not None and cur.id != self.seen_step and cur.driver != self.me
+        if reason is None and self.seen_step is not None and moved and cur is not None:
             reason = f"the cluster moved on to {cur.step} ({cur.id})"
         if reason is not None:
             self._release(STEP_LEASE)
@@ -448,6 +458,7 @@ class Rolling:
             published_at=self.clock.now(),
         )
         self.book.update(driving=sid)
+        self.seen_step = sid
         try:
             self._publish(pub.annotations(), release=False)
         except (APIError, Held) as e:
@@ -541,7 +552,7 @@ class Rolling:
         except (APIError, Held) as e:
             self.log.warning("rolling.finish", msg=f"could not publish the outcome ({e}); the next run does")
             return
-        self.book.update(driving=None, adopted=sid)
+        self.book.update(driving=None, adopted=sid, following=None)
 
     def resume(self, ex: Executor, intent: Intent) -> Optional[str]:
         """An interrupted step this server published: finish its part and wait for the others, or None when it

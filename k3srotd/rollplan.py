@@ -18,7 +18,7 @@ from k3srotd.cluster import RESTART_LEASE, STEP_LEASE, Cluster, Lease, Report, S
 from k3srotd.config import Config
 from k3srotd.errors import ConfigError
 from k3srotd.kubeapi import APIError
-from k3srotd.state import ensure_private_dir, ts, write_atomic
+from k3srotd.state import State, ensure_private_dir, parse_ts, ts, write_atomic
 
 LEASE_ENV = "K3SROTD_TEST_LEASE_SECONDS"  # test hook: a short lease duration
 BOOK = "cluster.json"
@@ -121,6 +121,27 @@ class Book:
             ensure_private_dir(self.path.parent)
             write_atomic(self.path, json.dumps(new, indent=1, sort_keys=True).encode() + b"\n")
         return new
+
+
+def shown_state(state_dir: str, state: State) -> State:
+    """The state as `status` and the metrics show it while a step rolls out: as it will commit. The driver has its
+    intent (stage rolling); a follower that restarted onto the published set has `following` in its book until
+    it adopts the driver's committed state."""
+    from k3srotd import planner
+
+    intent = state.intent
+    if intent is not None and intent.stage == "rolling":
+        if intent.step == "rollback":
+            return state
+        return planner.committed(state, intent.step, intent.before_kids, intent.target_kids, intent.started_at)
+    f = Book(state_dir).load().get("following")
+    if intent is not None or not isinstance(f, dict) or f.get("step") in (None, "rollback"):
+        return state
+    at = parse_ts(f.get("at"))
+    before, target = f.get("before"), f.get("target")
+    if at is None or not isinstance(before, list) or not isinstance(target, list):
+        return state
+    return planner.committed(state, str(f["step"]), before, target, at)
 
 
 # --- status

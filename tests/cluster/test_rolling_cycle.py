@@ -75,6 +75,12 @@ def test_staged_cycle_rolls_every_server_one_at_a_time(cluster: Cluster) -> None
     assert _overlaps(windows) == []
     assert "prune.done" in [e["event"] for e in a.events()]
 
+    # and the next rotation, from a cluster that has seen steps before
+    a.ok("rotate-now", timeout=240)
+    newer = a.status()["signer_kid"]
+    for n in cluster:
+        assert n.server.jwks_kids() == [newer, new], n.name
+
 
 def test_direct_is_refused_with_more_than_one_server(cluster: Cluster) -> None:
     a = cluster[0]

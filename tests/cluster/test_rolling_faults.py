@@ -112,6 +112,9 @@ def test_a_server_down_for_a_whole_step_is_waited_for_and_catches_up(cluster: Cl
         line = wait_until("status names server-2", lambda: _awaiting(a, "server-2"))
         assert "Node Ready Unknown" in line
         assert a.status()["phase"] == "published" and a.server.signer_kid() == old
+        # the follower that restarted shows the same: published, promote next (not a prune of the new key)
+        wait_until("server-1 shows the publish", lambda: b.status()["phase"] == "published")
+        assert b.status()["next_action"]["action"] == "promote"
         waiting = wait_until(
             "the log names server-2 alone",
             lambda: [

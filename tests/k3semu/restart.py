@@ -114,7 +114,7 @@ def wait_ready(data_dir: str, proc: subprocess.Popen, timeout: float) -> Optiona
         try:
             if KubeClient(kubeconfig).ready(timeout=1.0):
                 return None
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):  # AttributeError: kubeconfig half-written
             pass
         time.sleep(0.05)
     return f"k3s server (pid {proc.pid}) not ready after {timeout:g}s"
