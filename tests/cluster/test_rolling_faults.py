@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 
+import pytest
 from clusternode import LEASE_SECONDS, Cluster, ClusterNode, downtimes, wait_until
 from k3semu.harness import free_port
 
@@ -253,3 +254,42 @@ def test_a_server_that_fails_its_check_rolls_the_whole_cluster_back(cluster: Clu
     windows = [(s_, e, n.name) for n in cluster for s_, e, _ in downtimes(n.server)]
     ordered = sorted(windows)
     assert all(x[1] <= y[0] for x, y in zip(ordered, ordered[1:])), "two servers down at once"
+
+
+@pytest.mark.parametrize("crash", ["publish:uploaded", "publish:restarted"])
+def test_a_driver_killed_mid_step_finishes_or_undoes_it_on_the_next_run(cluster: Cluster, crash: str) -> None:
+    """uploaded: rotate-ca saved the new set, nothing was published: the next run undoes it and no server restarts.
+    restarted: the step is published and the driver restarted (holding the restart lease when killed): the others
+    take their turns once the lease ran out, and the next run on the driver verifies itself, waits and commits."""
+    a, b, c = cluster
+    old = a.server.signer_kid()
+    for n in (b, c):
+        n.write_config(publish_wait="1h")
+        n.start_daemon()
+    wait_until("every daemon reports", lambda: _reported(cluster, "server-1", "server-2"))
+    pids = {n.name: n.server.pid for n in (b, c)}
+    killed = a.k3srotd("rotate-now", env={"K3SROTD_TEST_CRASH_AT": crash})
+    assert killed.returncode == -9, killed.stderr
+    for n in cluster:  # right after the crash: every server still signs with the old key, which every server has
+        assert n.server.signer_kid() == old, n.name
+    if crash == "publish:uploaded":
+        assert "k3srotd-step" not in {k.split("/")[1] for k in cluster.leases()} or not cluster.annotations(
+            "k3srotd-step"
+        ).get("k3srotd.io/step-id")
+        undone = a.ok("rotate-now", "--dry-run")
+        assert "would publish" in undone.stdout
+        proc = a.ok("rotate-now", timeout=240)
+        assert "undid the interrupted publish" in proc.stderr
+    else:
+        assert _holder(cluster, "k3srotd-restart")[0] == "server-0"
+        wait_until(
+            "both followers restarted after the lease ran out",
+            lambda: all(n.server.pid != pids[n.name] for n in (b, c)),
+            timeout=60,
+        )
+        proc = a.ok("rotate-now", timeout=240)
+        assert "finished the publish on every server" in proc.stderr
+    st = a.status()  # and the rerun went on to promote, on every server
+    assert st["phase"] == "promoted" and st["signer_kid"] != old
+    for n in cluster:
+        assert n.server.jwks_kids() == [st["signer_kid"], old], n.name
