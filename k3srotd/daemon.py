@@ -16,6 +16,7 @@ import datetime as dt
 import os
 import signal
 import threading
+import time
 from typing import Any, Optional
 
 from k3srotd import config as config_mod
@@ -193,6 +194,7 @@ class Daemon:
 
     # --- the loop
     def run(self) -> int:
+        from apscheduler.schedulers import SchedulerNotRunningError
         from apscheduler.schedulers.blocking import BlockingScheduler
         from apscheduler.triggers.date import DateTrigger
 
@@ -223,7 +225,16 @@ class Daemon:
             self.stopping = True
             self.notifier.stopping("stopping: the step under way runs to its end first" if self.busy else None)
             self.log.info("daemon.stop", msg="stopping" + (" after the step under way" if self.busy else ""))
-            threading.Thread(target=lambda: sched.shutdown(wait=True), daemon=True).start()
+            threading.Thread(target=shutdown, daemon=True).start()
+
+        def shutdown() -> None:
+            # a SIGTERM can land before sched.start(): wait until it runs (run() does not start it once stop is set)
+            while True:
+                try:
+                    sched.shutdown(wait=True)
+                    return
+                except SchedulerNotRunningError:
+                    time.sleep(0.05)
 
         signal.signal(signal.SIGHUP, on_hup)
         signal.signal(signal.SIGTERM, on_term)
@@ -244,7 +255,8 @@ class Daemon:
         wake = self.tick(act=False)
         self.notifier.ready(self.status_line)
         sched.add_job(tick_job, DateTrigger(run_date=max(wake, self.clock.now())), id="tick", misfire_grace_time=None)
-        sched.start()
+        if not stop.is_set():
+            sched.start()
         self.log.info("daemon.stopped", msg="stopped")
         return 0
 

@@ -71,21 +71,30 @@ class NotifySocket:
         self.path = path
         self.messages: list[str] = []
 
+    def receive(self) -> bool:
+        """One datagram into messages; False when none came within the socket timeout."""
+        try:
+            self.messages.append(self.sock.recv(65536).decode())
+        except socket.timeout:
+            return False
+        return True
+
     def drain(self, until: float) -> None:
-        while time.monotonic() < until:
-            try:
-                self.messages.append(self.sock.recv(65536).decode())
-            except socket.timeout:
-                return
+        while time.monotonic() < until and self.receive():
+            pass
 
     def wait_for(self, text: str, timeout: float = 30) -> str:
+        # every datagram is looked at as it arrives: watchdog pings can come faster than the socket timeout
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for m in self.messages:
+        seen = 0
+        while True:
+            for m in self.messages[seen:]:
                 if text in m:
                     return m
-            self.drain(deadline)
-        raise AssertionError(f"no {text!r} in {self.messages}")
+            seen = len(self.messages)
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"no {text!r} in {self.messages}")
+            self.receive()
 
 
 def _run(node: Node, notify: NotifySocket, **env: str) -> subprocess.Popen:
@@ -167,8 +176,8 @@ def test_daemon_idles_on_a_node_that_is_not_a_k3s_server(node: Node, tmp_path: P
         assert proc.poll() is None
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
-    assert proc.returncode == 0
+        err = proc.communicate(timeout=30)[1]
+    assert proc.returncode == 0, err
 
 
 def test_run_with_bad_config_exits_2(node: Node) -> None:
