@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import pytest
 
 from k3srotd.notify import Notifier, child_environ, watchdog_interval
 
-try:
-    from systemd import daemon as _systemd_daemon  # noqa: F401
+REPO = Path(__file__).resolve().parents[2]
 
-    HAVE_PYTHON_SYSTEMD = True
-except ImportError:
-    HAVE_PYTHON_SYSTEMD = False
+
+def _python_with_systemd() -> Optional[str]:
+    """A Python that imports python-systemd: this one, else the distribution's (Debian's python3-systemd, which
+    tests/run installs, is not in the venv: it builds only against libsystemd's headers)."""
+    for python in (sys.executable, "/usr/bin/python3"):
+        probe = subprocess.run([python, "-c", "import systemd.daemon"], capture_output=True, check=False)
+        if probe.returncode == 0:
+            return python
+    return None
+
+
+PYTHON_WITH_SYSTEMD = _python_with_systemd() if os.path.exists("/usr/bin/python3") else None
 
 
 @pytest.fixture
@@ -45,13 +55,19 @@ def messages(sock: socket.socket, n: int) -> list[str]:
     return [sock.recv(4096).decode() for _ in range(n)]
 
 
+CALLS = [
+    ("ready", ("phase idle; next: rotate at 2024-01-06T02:00:00+01:00",)),
+    ("status", ("publishing\nnew key",)),
+    ("watchdog", ()),
+    ("reloading", ()),
+    ("extend_timeout", (90.5,)),
+    ("stopping", ("finishing promote",)),
+]
+
+
 def drive(n: Notifier) -> None:
-    assert n.ready("phase idle; next: rotate at 2024-01-06T02:00:00+01:00")
-    assert n.status("publishing\nnew key")
-    assert n.watchdog()
-    assert n.reloading()
-    assert n.extend_timeout(90.5)
-    assert n.stopping("finishing promote")
+    for name, args in CALLS:
+        assert getattr(n, name)(*args), name
 
 
 EXPECTED = [
@@ -89,19 +105,26 @@ def test_an_injected_environment_always_uses_the_direct_protocol(listener: tuple
     assert messages(sock, 1) == ["WATCHDOG=1"]
 
 
-@pytest.mark.skipif(not HAVE_PYTHON_SYSTEMD, reason="python-systemd (systemd.daemon) is not importable here")
+@pytest.mark.skipif(PYTHON_WITH_SYSTEMD is None, reason="no Python here imports python-systemd (systemd.daemon)")
 @pytest.mark.parametrize("kind", ["path", "abstract"])
 def test_python_systemd_path(
     kind: str,
     listener: tuple[str, socket.socket],
     abstract_listener: tuple[str, socket.socket],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """The daemon's own process with python-systemd: a child process, as libsystemd reads its environment."""
+    assert PYTHON_WITH_SYSTEMD is not None
     address, sock = listener if kind == "path" else abstract_listener
-    monkeypatch.setenv("NOTIFY_SOCKET", address)
-    n = Notifier.from_env()
-    assert n.backend == "python-systemd"
-    drive(n)
+    script = (
+        "from k3srotd.notify import Notifier\n"
+        "n = Notifier.from_env()\n"
+        "assert n.backend == 'python-systemd', n.backend\n"
+        f"for name, args in {CALLS!r}:\n"
+        "    assert getattr(n, name)(*args), name\n"
+    )
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "NOTIFY_SOCKET": address}
+    run = subprocess.run([PYTHON_WITH_SYSTEMD, "-c", script], env=env, capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
     assert messages(sock, len(EXPECTED)) == EXPECTED
 
 
