@@ -10,9 +10,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from k3srotd import planner
+
+if TYPE_CHECKING:
+    from k3srotd.window import MaintenanceWindow
 
 # look at the live file at least this often: an operator may change it, or run a step by hand, and STATUS and the
 # metrics should say so soon (an idle look costs about a millisecond)
@@ -48,12 +51,31 @@ def decide(
     plan = planner.next_plan(cfg, state, live, now, live_mtime)
     if plan is None:
         return Decision(None, now + recheck, None, None)
-    start = plan.not_before + node_splay
-    if retry_after is not None and retry_after > start:
-        start = retry_after
+    earliest = plan.due if retry_after is None else max(plan.due, retry_after)
     win = cfg.maintenance_window
-    if win is not None and not win.contains(max(start, now)):
-        start = win.next_start(max(start, now))
+    start = max(plan.due + node_splay, earliest) if win is None else start_in_window(win, earliest, now, node_splay)
     if start <= now:
         return Decision(plan, now, plan, start)
     return Decision(None, min(start, now + recheck), plan, start)
+
+
+def start_in_window(
+    win: MaintenanceWindow, earliest: dt.datetime, now: dt.datetime, node_splay: dt.timedelta
+) -> dt.datetime:
+    """The first instant, not before `earliest` nor `now`, at which this node may start inside the window: its
+    splay after the opening (or after `earliest`, when that falls inside the opening), wrapped to fit what is
+    left of the opening. Anchored to the opening and not to `now`, so that waking at that instant acts on it;
+    an overdue step found inside an opening past this node's slot starts at once (as systemd's Persistent=)."""
+    t = max(earliest, now)
+    for _ in range(60):  # a weekly window opens at least once in five weeks
+        t = win.next_open(t)
+        close = win.closes_at(t)
+        anchor = max(win.opened_at(t), earliest)
+        if close is None:  # open all the time
+            return max(t, anchor + node_splay)
+        room = (close - anchor).total_seconds()
+        slot = anchor + dt.timedelta(seconds=node_splay.total_seconds() % room)
+        if max(slot, t) < close:
+            return max(slot, t)
+        t = close
+    raise AssertionError("no opening of the maintenance window in sixty tries")  # pragma: no cover

@@ -120,6 +120,17 @@ class MaintenanceWindow:
         """`now` if the window is open, else the instant it next opens."""
         return now if self.contains(now) else self.next_start(now)
 
+    def opened_at(self, now: dt.datetime) -> dt.datetime:
+        """When the opening that contains `now` began (in the zone of `now`); `now` itself if it is closed."""
+        if not self.contains(now):
+            return now
+        last = now
+        for candidate in self._openings(now):
+            if candidate > now:
+                break
+            last = candidate
+        return last.astimezone(now.tzinfo)
+
     def closes_at(self, now: dt.datetime) -> Optional[dt.datetime]:
         """When the opening containing `now` ends (in the zone of `now`).
 

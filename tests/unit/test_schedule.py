@@ -89,6 +89,45 @@ def test_decide(now: str, mtime: str, window: object, splay: int, retry: str, ac
     assert d.wake == T(wake)
 
 
+EARLY = MaintenanceWindow.parse({"start": "02:00", "end": "05:00"}, tz=UTC)
+SHORT = MaintenanceWindow.parse({"start": "02:00", "end": "02:10"}, tz=UTC)
+
+
+def walk(now: str, mtime: str, window: object, splay_s: int, retry: str = "") -> dt.datetime:
+    """Follow the daemon's wakes from `now` until a decision acts; the instant it acts."""
+    t = T(now)
+    for _ in range(500):
+        d = decide(t.isoformat()[:19], mtime, window, splay_s, retry)
+        if d.plan is not None:
+            return t
+        assert d.wake > t
+        t = d.wake
+    raise AssertionError(f"no step in 500 wakes from {now}; last start {d.start}")
+
+
+@pytest.mark.parametrize(
+    "now, mtime, window, splay, retry, acts",
+    [
+        # an overdue step waits for the opening, then this node's splay into it
+        ("2026-01-10T01:00:00", "2025-01-01T00:00:00", EARLY, 300, "", "2026-01-10T02:05:00"),
+        # a splay longer than the whole opening is wrapped into it, never carried to the next day
+        ("2026-01-10T01:00:00", "2025-01-01T00:00:00", SHORT, 720, "", "2026-01-10T02:02:00"),
+        # found inside the opening past this node's slot: at once
+        ("2026-01-10T02:07:00", "2025-01-01T00:00:00", SHORT, 60, "", "2026-01-10T02:07:00"),
+        # due inside the opening (the key turns 90 days old at 02:30): the splay counts from then
+        ("2026-04-01T01:00:00", "2026-01-01T02:30:00", EARLY, 600, "", "2026-04-01T02:40:00"),
+        # ... wrapped into what is left of the opening: 2 h of splay modulo the 20 min left after 04:40
+        ("2026-04-01T01:00:00", "2026-01-01T04:40:00", EARLY, 7200, "", "2026-04-01T04:40:00"),
+        # a back-off past the slot: the splay counts from its end, inside the opening
+        ("2026-01-10T01:00:00", "2025-01-01T00:00:00", EARLY, 300, "2026-01-10T03:00:00", "2026-01-10T03:05:00"),
+    ],
+)
+def test_splay_inside_the_window(now: str, mtime: str, window: object, splay: int, retry: str, acts: str) -> None:
+    at = walk(now, mtime, window, splay, retry)
+    assert at == T(acts)
+    assert window is not None and window.contains(at)  # type: ignore[attr-defined]
+
+
 def test_window_on_dst_days_berlin() -> None:
     # spring forward, 29 March 2026: 02:00 -> 03:00 local; a 02:30-03:30 window opens when the gap ends,
     # at 03:00 CEST = 01:00 UTC
