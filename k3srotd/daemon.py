@@ -85,6 +85,12 @@ class Daemon:
             self.retry_after = now + RETRY_AFTER
             self._status(f"last step failed ({e}); retry after {ts(self.retry_after)}")
             return self.retry_after
+        except Exception as e:
+            # Any step under way already finished or rolled back (its own handlers); the intent on disk is
+            # finished or undone at the next tick, as after a crash.
+            self.log.exception("daemon.error", msg=f"unexpected error, trying again in {IDLE_RETRY}: {e!r}")
+            self._status(f"unexpected error ({type(e).__name__}: {e}); trying again after {ts(now + IDLE_RETRY)}")
+            return now + IDLE_RETRY
         finally:
             self._metrics()
 
@@ -193,17 +199,46 @@ class Daemon:
         return self.busy or (self.clock.monotonic() - self.heartbeat) < max(3 * interval, 3600)
 
     # --- the loop
+    def _route_scheduler_logs(self) -> None:
+        """APScheduler logs through the standard library: its warnings become records of ours, with an event."""
+        import logging
+
+        daemon = self
+
+        class ToOurs(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                level = "error" if record.levelno >= logging.ERROR else "warning"
+                getattr(daemon.log, level)("scheduler", msg=f"scheduler: {record.getMessage()}")
+
+        logger = logging.getLogger("apscheduler")
+        logger.handlers = [ToOurs(logging.WARNING)]
+        logger.propagate = False
+
     def run(self) -> int:
         from apscheduler.schedulers import SchedulerNotRunningError
         from apscheduler.schedulers.blocking import BlockingScheduler
         from apscheduler.triggers.date import DateTrigger
 
+        self._route_scheduler_logs()
         # "UTC" as a name: APScheduler 3.8 (Ubuntu 22.04) takes only pytz zones or names, 3.9+ takes names too
         sched = BlockingScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
         stop = threading.Event()
 
+        ticking = threading.Lock()
+        again = threading.Event()
+
         def tick_job() -> None:
-            wake = self.tick()
+            # one tick at a time: a reload during a step must not tick beside it (it would find our own lock held)
+            if not ticking.acquire(blocking=False):
+                again.set()  # the tick under way looks again as soon as it ends
+                return
+            try:
+                wake = self.tick()
+                if again.is_set():
+                    again.clear()
+                    wake = self.clock.now()
+            finally:
+                ticking.release()
             if not stop.is_set():
                 sched.add_job(
                     tick_job,

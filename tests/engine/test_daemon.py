@@ -163,6 +163,42 @@ def test_sigterm_mid_step_finishes_the_step(node: Node, tmp_path: Path) -> None:
     assert "interrupted" not in node.ok("status").stdout
 
 
+def test_sighup_mid_step_reloads_after_it_and_hooks_see_every_step(node: Node, tmp_path: Path) -> None:
+    """A reload during a step waits for the step (no second tick beside it), then takes effect at once: here a
+    publish-wait cut to 0s lets the promote follow. The hooks in hooks-dir run after each step."""
+    node.write_config(rotation_interval="1s", publish_wait="1h", max_splay="0s")
+    hooks = Path(node.settings["hooks-dir"])
+    hooks.mkdir(mode=0o755)
+    seen = tmp_path / "hooks.log"
+    hook = hooks / "10-record"
+    hook.write_text(f'#!/bin/sh\necho "$K3SROTD_EVENT $K3SROTD_PHASE $K3SROTD_SIGNER_KID" >> {seen}\n')
+    hook.chmod(0o755)
+    node.server.set_faults({"slow_start": {"times": 1, "seconds": 3}})
+    notify = NotifySocket(tmp_path / "notify.sock")
+    proc = _run(node, notify)
+    try:
+        notify.wait_for("doing publish")
+        drop_in = Path(str(node.config) + ".d")
+        drop_in.mkdir()
+        (drop_in / "50-fast.yaml").write_text("publish-wait: 0s\n")
+        proc.send_signal(signal.SIGHUP)
+        notify.wait_for("RELOADING=1")
+        notify.wait_for("next prune at", timeout=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 0, err
+    events = [json.loads(ln)["event"] for ln in err.splitlines() if ln.startswith("{")]
+    assert events.index("config.reloaded") < events.index("promote.done")
+    assert "step.failed" not in events
+    assert not [m for m in notify.messages if "holds the lock" in m], notify.messages
+    signer = node.server.signer_kid()
+    assert node.status()["phase"] == "promoted" and node.status()["signer_kid"] == signer
+    lines = seen.read_text().splitlines()
+    assert [ln.split()[:2] for ln in lines] == [["publish.done", "published"], ["promote.done", "promoted"]]
+    assert lines[1].split()[2] == signer
+
+
 def test_daemon_idles_on_a_node_that_is_not_a_k3s_server(node: Node, tmp_path: Path) -> None:
     agent = tmp_path / "agent"
     agent.mkdir()
