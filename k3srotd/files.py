@@ -67,15 +67,26 @@ class Staging:
                     f"{p}: is owned by uid {p.stat().st_uid}, not {uid}; remove it or set staging-dir elsewhere"
                 )
         if self.tls.is_dir():
-            others = sorted(x.name for x in self.tls.iterdir() if x.name != "service.key")
+            others = sorted(x.name for x in self.tls.iterdir() if x.name != "service.key" and not self._leftover(x))
             if others:
                 raise SafetyRefusal(
                     f"{self.tls}: holds {', '.join(others)}; rotate-ca would upload them too. Move them away"
                 )
 
+    def _leftover(self, p: Path) -> bool:
+        """A temp file of write_atomic that a killed k3srotd left (rotate-ca reads only named files)."""
+        return p.name.startswith(f".{self.key.name}.tmp.") and p.is_file() and not p.is_symlink()
+
+    def _remove_leftovers(self) -> None:
+        if self.tls.is_dir():
+            for p in self.tls.iterdir():
+                if self._leftover(p) and p.stat().st_uid == os.geteuid():
+                    p.unlink()  # it may hold a half-written key: never leave it behind
+
     def prepare(self) -> None:
         """Check the staging path and create its folders (0700): before any step begins."""
         self.check()
+        self._remove_leftovers()
         try:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             ensure_private_dir(self.server)
@@ -108,6 +119,7 @@ class Staging:
 
     def remove(self) -> None:
         """Remove the staged key once K3s has loaded it; and the folders k3srotd made, when empty."""
+        self._remove_leftovers()
         try:
             self.key.unlink()
         except (FileNotFoundError, NotADirectoryError):

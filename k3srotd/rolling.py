@@ -56,8 +56,8 @@ def attach(
     cfg: Config, k3s: K3s, log: Any, clock: Clock, progress: Any = None, background: bool = False
 ) -> Optional[Rolling]:
     """The Rolling of a multi-server cluster, or None on a single server (one control-plane Node, or an API that
-    says nothing about Nodes). SafetyRefusal when this server is known to be one of several and cannot reach the
-    API: it must not act alone."""
+    says nothing about Nodes). SafetyRefusal when this server cannot reach the API while K3s runs (it may be
+    one of several, and must not act alone), or is known to be one of several."""
     me = node_name(cfg)
     book = Book(cfg.state_dir)
     known = book.load().get("servers") or []
@@ -70,6 +70,14 @@ def attach(
                 f"cannot reach the API ({e}); this server ({me}) is one of {len(known)} servers "
                 f"({', '.join(known)}), which coordinate through it: it takes no step and restarts nothing "
                 "until it can. Check k3s-server-url and kubeconfig"
+            ) from None
+        if cfg.verify_api and k3s.server_process() is not None:
+            # K3s runs but its API cannot be read: this may be one server of several, which must not act alone
+            # (and the checks after a restart would fail anyway). K3s not running: the step's own checks say so.
+            raise SafetyRefusal(
+                f"cannot reach the API ({e}), so this server ({me}) cannot tell whether other K3s servers share "
+                "its datastore: it takes no step and restarts nothing until it can. Check k3s-server-url and "
+                "kubeconfig"
             ) from None
         return None
     names = [s.name for s in servers]
@@ -295,8 +303,7 @@ class Rolling(Follower):
             ex.store.save(ex.state)
             self.await_all(cur)
         except VerifyFailed as e:
-            ex._fail(intent.step, str(e), live)
-            ex.rollback_intent(f"{intent.step} failed on the cluster: {e}")
+            ex.fail_and_roll_back(intent.step, str(e), live, f"{intent.step} failed on the cluster: {e}")
             ex.resumed = (intent.step, "rolled-back")
             return f"rolled back the {intent.step}: {e}"
         ex.commit(intent.step, live)

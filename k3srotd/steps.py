@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from k3srotd import keys, planner
 from k3srotd.clock import Clock
@@ -29,8 +29,15 @@ from k3srotd.k3s import K3s, ServerProcess
 from k3srotd.kubeapi import APIError
 from k3srotd.state import Intent, LastStep, State, Store, ts
 
+if TYPE_CHECKING:
+    from k3srotd.runner import Result
+
 POLL_SECONDS = 0.5
 CRASH_ENV = "K3SROTD_TEST_CRASH_AT"  # test hook: SIGKILL ourselves at the named boundary
+
+# The contract's step events; a direct rotation publishes and promotes the new key in one step, so it reports
+# both (with step=rotate), and whoever watches promote.done learns of every new signer.
+DONE_EVENTS = {"rotate": ("publish.done", "promote.done")}
 
 Progress = Callable[[str, float], None]
 Events = Callable[[str, str, Sequence[str], str], None]  # event, signer kid, kids, phase
@@ -90,15 +97,31 @@ class Executor:
         if self.events is not None:
             self.events(event, kf.signer.kid, kf.kids, phase)
 
-    def _fail(self, step: str, reason: str, kf: Optional[keys.KeyFile] = None) -> None:
+    def _fail(self, step: str, reason: str, kf: Optional[keys.KeyFile] = None, hooks: bool = True) -> None:
+        """Record and log a failed step (saved, so that the metrics count it); then its hooks, unless the caller
+        runs them later (fail_and_roll_back: after the rollback)."""
         now = self.clock.now()
         self.state.last_failure = {"step": step, "at": ts(now), "reason": reason}
         self.state.failures[step] = self.state.failures.get(step, 0) + 1
+        self.store.save(self.state)
         kids = kf.kids if kf else []
         signer = kf.signer.kid if kf else ""
         self.log.error("step.failed", msg=f"{step} failed: {reason}", step=step, signer_kid=signer, kids=kids)
+        if hooks:
+            self._failed_hooks(kf)
+
+    def _failed_hooks(self, kf: Optional[keys.KeyFile]) -> None:
         if kf is not None and self.events is not None:
-            self.events("step.failed", signer, kids, planner.phase(self.state, kf))
+            self.events("step.failed", kf.signer.kid, kf.kids, planner.phase(self.state, kf))
+
+    def fail_and_roll_back(self, step: str, reason: str, live: keys.KeyFile, rollback_reason: str) -> keys.KeyFile:
+        """A step that reached K3s failed: log it, put the backed-up key set back, and only then run the
+        step.failed hooks (a slow hook must not keep K3s on a key set that failed its checks)."""
+        self._fail(step, reason, live, hooks=False)
+        try:
+            return self.rollback_intent(rollback_reason)
+        finally:
+            self._failed_hooks(live)
 
     def _read_live(self) -> tuple[bytes, keys.KeyFile]:
         data = self.k3s.live_bytes()
@@ -152,20 +175,23 @@ class Executor:
             self.store.save(self.state)
             raise
         checkpoint(step, "staged")
-        res = self.k3s.rotate_ca()
-        self.log.info(
-            "rotate-ca",
-            msg=f"rotate-ca exited {res.returncode}",
-            argv=list(res.argv),
-            output=res.tail(3),
-            step=step,
-        )
+        res = self._rotate_ca(step)
         if not res.ok:
-            self.staging.remove()
-            self.state.intent = None
-            reason = f"`k3s certificate rotate-ca` failed: {res.tail()}; K3s changed nothing"
+            # A failed rotate-ca may still have saved (a timeout, a reply lost after the save): put the live set
+            # back in the datastore, so that no later restart applies a key set nobody verified.
+            undo = self._rotate_ca(step, live_bytes)
+            if undo.ok:
+                self.staging.remove()
+                self.state.intent = None
+                reason = f"`k3s certificate rotate-ca` failed: {res.tail()}; the datastore holds the live key set"
+            else:
+                self.state.intent.stage = "upload-failed"  # the next run uploads the live set again (resume)
+                reason = (
+                    f"`k3s certificate rotate-ca` failed: {res.tail()}, and uploading the live key set back "
+                    f"failed too ({undo.tail()}); K3s's live keys are unchanged, the next k3srotd run puts the "
+                    "datastore back before anything else"
+                )
             self._fail(step, reason, live)
-            self.store.save(self.state)
             raise StepFailed(f"{step} failed: {reason}")
         checkpoint(step, "uploaded")
         self.state.intent.stage = "restarting"
@@ -173,11 +199,24 @@ class Executor:
         try:
             self._restart_and_verify(step, target, staged, proc)
         except VerifyFailed as e:
-            self._fail(step, str(e), live)
-            self.store.save(self.state)
-            self.rollback_intent(f"{step} failed verification: {e}")
+            self.fail_and_roll_back(step, str(e), live, f"{step} failed verification: {e}")
             raise StepFailed(f"{step} failed: {e}; the previous key set was restored") from None
         return self.commit(step, target)
+
+    def _rotate_ca(self, step: str, content: Optional[bytes] = None) -> Result:
+        """`k3s certificate rotate-ca` on the staged file (first written with `content` when given), its whole
+        output kept in the log: K3s warns there about each file it skips."""
+        if content is not None:
+            self.staging.write(content)
+        res = self.k3s.rotate_ca()
+        self.log.info(
+            "rotate-ca",
+            msg=f"rotate-ca exited {res.returncode}" + ("" if content is None else " (the live key set put back)"),
+            argv=list(res.argv),
+            output=res.tail(40),
+            step=step,
+        )
+        return res
 
     def _restart_and_verify(self, step: str, target: keys.KeyFile, staged: bytes, old: Optional[ServerProcess]) -> None:
         if self.rolling is not None:  # multi-server: publish the step, restart here in turn, await every server
@@ -281,15 +320,16 @@ class Executor:
         if self.rolling is not None:  # multi-server: publish the outcome and this state; release the step lease
             self.rolling.finished(self.state, "committed")
         phase = planner.phase(self.state, target)
-        self.log.info(
-            f"{step}.done",
-            msg=f"{step} done: {target.signer.kid} signs; keys {', '.join(target.kids)}",
-            step=step,
-            signer_kid=target.signer.kid,
-            kids=target.kids,
-            phase=phase,
-        )
-        self._emit(f"{step}.done", target, phase)
+        for event in DONE_EVENTS.get(step, (f"{step}.done",)):
+            self.log.info(
+                event,
+                msg=f"{step} done: {target.signer.kid} signs; keys {', '.join(target.kids)}",
+                step=step,
+                signer_kid=target.signer.kid,
+                kids=target.kids,
+                phase=phase,
+            )
+            self._emit(event, target, phase)
         return target
 
     # --- rollback
@@ -324,7 +364,7 @@ class Executor:
             proc = self.k3s.server_process()
             self.staging.write(restore)
             checkpoint("rollback", "staged")
-            res = self.k3s.rotate_ca()
+            res = self._rotate_ca("rollback")
             if not res.ok:
                 raise VerifyFailed(f"rotate-ca refused the backup: {res.tail()}")
             self._restart_and_verify("rollback", target, restore, proc)
@@ -355,6 +395,7 @@ class Executor:
         self.log.info(
             "rollback.done",
             msg=f"rolled back to {', '.join(target.kids)}",
+            step="rollback",
             signer_kid=target.signer.kid,
             kids=target.kids,
         )
@@ -409,17 +450,24 @@ class Executor:
         try:
             self._wait_running()
         except VerifyFailed:
-            raise StepFailed(
+            reason = (
                 f"an interrupted {intent.step} is recorded in {self.store.path}, but K3s is not running; "
                 "start K3s, then run k3srotd again to finish or undo it"
-            ) from None
+            )
+            try:
+                _, on_disk = self._read_live()
+            except (SafetyRefusal, keys.KeyFileError):
+                on_disk = None
+            self._fail(intent.step, reason, on_disk)
+            raise StepFailed(reason) from None
         live_bytes, live = self._read_live()
         if sha256(live_bytes) == intent.staged_sha256:
             try:
                 self.wait_for(live, live_bytes, None)
             except VerifyFailed as e:
-                self._fail(intent.step, str(e), live)
-                self.rollback_intent(f"interrupted {intent.step} failed verification: {e}")
+                self.fail_and_roll_back(
+                    intent.step, str(e), live, f"interrupted {intent.step} failed verification: {e}"
+                )
                 self.resumed = (intent.step, "rolled-back")
                 return f"rolled back the interrupted {intent.step}"
             self.commit(intent.step, live)
@@ -428,8 +476,7 @@ class Executor:
         if live.kids == intent.before_kids:
             # K3s still runs the old set; rotate-ca may have saved the new one. Put the datastore back to
             # the live set so no later restart applies an unverified step.
-            self.staging.write(live_bytes)
-            res = self.k3s.rotate_ca()
+            res = self._rotate_ca(intent.step, live_bytes)
             if not res.ok:
                 raise StepFailed(
                     f"could not undo the interrupted {intent.step}: rotate-ca failed ({res.tail()}); run k3srotd again"

@@ -68,7 +68,10 @@ def test_direct_strategy_is_the_documented_procedure(node: Node) -> None:
     st = node.status()
     assert st["keys"][1]["kid"] == old and st["signer_kid"] != old
     assert node.server.signer_kid() == st["signer_kid"]
-    assert "rotate.done" in {e["event"] for e in node.events()}
+    done = [e for e in node.events() if e["event"].endswith(".done")]
+    assert [e["event"] for e in done] == ["publish.done", "promote.done"]  # the contract's events, both at once
+    assert {e["step"] for e in done} == {"rotate"}
+    assert done[1]["signer_kid"] == st["signer_kid"] and done[1]["kids"] == [st["signer_kid"], old]
 
 
 def test_rotate_now_continues_a_published_rotation(node: Node) -> None:
@@ -109,3 +112,45 @@ def test_status_table_for_humans(node: Node) -> None:
     out = node.ok("status").stdout
     assert out.splitlines()[0].split() == ["phase", "promoted"]
     assert "KID" in out and "signer" in out and "next" in out and " ago)" in out
+
+
+def test_the_staged_file_is_private_while_it_exists(node: Node) -> None:
+    """Killed right after staging (the crash hook), the staged key is there for rotate-ca: 0600 in 0700 folders,
+    and a half-written temp file of an earlier crash is cleaned up. The next run undoes the step and removes it."""
+    tls = node.staging_dir / "server" / "tls"
+    proc = node.k3srotd("rotate-now", env={"K3SROTD_TEST_CRASH_AT": "staged"})
+    assert proc.returncode == -signal.SIGKILL
+    assert mode(tls / "service.key") == 0o600
+    assert mode(tls) == mode(tls.parent) == mode(node.staging_dir) == 0o700
+    (tls / ".service.key.tmp.4242").write_bytes(b"-----BEGIN RSA PRIVATE KEY-----\nMIIE")  # an earlier crash
+    node.ok("rotate-now")
+    assert not tls.exists()
+    assert node.status()["phase"] == "promoted"
+
+
+def test_manual_steps_outside_the_window_are_refused_unless_ignore_window(node: Node) -> None:
+    import datetime as dt
+
+    local = dt.datetime.now().astimezone()
+    opens = local + dt.timedelta(hours=3)
+    node.write_config(
+        maintenance_window={"start": opens.strftime("%H:%M"), "end": (opens + dt.timedelta(hours=1)).strftime("%H:%M")}
+    )
+    live = node.live_bytes()
+    for command in (["rotate-now"], ["prune", "--force", "--yes"], ["rollback", "--yes"]):
+        proc = node.k3srotd(*command)
+        if command[0] == "rotate-now":
+            assert proc.returncode == 3, proc.stderr
+            assert "outside maintenance-window" in proc.stderr and "--ignore-window" in proc.stderr
+            assert node.live_bytes() == live
+            node.ok("rotate-now", "--ignore-window")
+        elif command[0] == "prune":
+            assert proc.returncode == 3 and "outside maintenance-window" in proc.stderr, proc.stderr
+            live = node.live_bytes()
+            node.ok("prune", "--force", "--yes", "--ignore-window")
+            assert len(node.status()["keys"]) == 1
+        else:
+            assert proc.returncode == 3 and "outside maintenance-window" in proc.stderr, proc.stderr
+            assert len(node.status()["keys"]) == 1
+            node.ok("rollback", "--yes", "--ignore-window")
+            assert len(node.status()["keys"]) == 2  # the pruned key is back

@@ -31,6 +31,22 @@ def test_rotate_ca_failure_changes_nothing(node: Node) -> None:
     assert node.server.signer_kid() != signer
 
 
+def test_a_rotate_ca_whose_reply_is_lost_is_put_back(node: Node) -> None:
+    """The server saved the staged set but the client failed: the datastore must not keep a set nobody verified,
+    or the next restart of K3s, for any reason, would apply it."""
+    live, signer = node.live_bytes(), node.server.signer_kid()
+    node.server.set_faults({"reply_lost": {"times": 1}})
+    proc = node.k3srotd("rotate-now")
+    assert proc.returncode == 1, proc.stderr
+    assert "the datastore holds the live key set" in proc.stderr.splitlines()[-1]
+    assert node.server.datastore_kids() == [signer]
+    _assert_unchanged(node, live, signer)
+    node.server.restart()  # what an unrelated restart would load
+    _assert_unchanged(node, live, signer)
+    assert node.server.jwks_kids() == [signer]
+    assert node.status()["phase"] == "idle"
+
+
 def test_k3s_serving_old_keys_after_restart_is_rolled_back(node: Node) -> None:
     """K3s issue 8952: rotate-ca says it saved, the restarted server serves the old key set."""
     live, signer = node.live_bytes(), node.server.signer_kid()

@@ -21,7 +21,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import VERSION, certs, identity, jwt, keys, log, objects
+from . import VERSION, certs, faults, identity, jwt, keys, log, objects
 from .bootstrap import Datastore
 
 
@@ -209,6 +209,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._error_with_id(str(exc))
             return
         log.info("certificate: Cluster Certificate Authority data has been updated, k3s must be restarted.")
+        if faults.take(st.data_dir, "reply_lost") is not None:  # saved, but the client never hears so
+            self.close_connection = True
+            return
         self.send_response(204)
         self.send_header("Content-Length", "0")
         self.end_headers()

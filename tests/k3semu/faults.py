@@ -30,6 +30,7 @@ NAMES = (
     "crash_at_start",
     "datastore_write_fail",
     "bad_tokens",
+    "reply_lost",
 )
 ENV = "K3SEMU_FAULTS"
 
