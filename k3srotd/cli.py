@@ -30,6 +30,9 @@ class Ctx:
             from k3srotd import config
 
             self._cfg = config.load(self.config_path)
+            explicit = self.config_path  # click fills it from K3SROTD_CONFIG too
+            if explicit and not os.path.exists(explicit):  # all defaults, as the contract says; a typo shows here
+                click.echo(f"k3srotd: {explicit}: does not exist; using the defaults and {explicit}.d/*.yaml", err=True)
         return self._cfg
 
     def logger(self) -> Any:
@@ -119,13 +122,14 @@ def prune(obj: Ctx, dry_run: bool, force: bool, yes: bool, ignore_window: bool) 
 
 @cli.command()
 @click.option("--yes", is_flag=True, help="Do not ask.")
+@click.option("--ignore-window", is_flag=True, help="Run outside maintenance-window.")
 @click.pass_obj
-def rollback(obj: Ctx, yes: bool) -> None:
+def rollback(obj: Ctx, yes: bool, ignore_window: bool) -> None:
     """Put back the key set that was live before the last completed step."""
     from k3srotd import commands
 
     log = obj.logger()
-    commands.rollback(obj.cfg, log, _events(obj, log), _progress(log), yes, _confirm)
+    commands.rollback(obj.cfg, log, _events(obj, log), _progress(log), yes, ignore_window, _confirm)
 
 
 @cli.command()

@@ -84,24 +84,15 @@ GATE_POLL_SECONDS = float(os.environ.get("K3SROTD_TEST_GATE_POLL") or 10.0)  # t
 
 
 def _await_promote_gate(s: engine.Session, cfg: Config, clock: Clock, log: Any, progress: Any) -> None:
-    """Wait until the new key may sign (e.g. the public issuer lists it). Past issuer-wait-warn, warn loudly and
-    keep waiting: a signer that Entra cannot verify breaks every workload's identity."""
+    """Wait until the new key may sign (e.g. the public issuer lists it); the gate warns loudly past
+    issuer-wait-warn and the wait goes on (Ctrl-C is safe: the key stays published)."""
     start = clock.monotonic()
-    warned = False
     while True:
         reason = s.promote_gate()
         if reason is None:
             return
-        waited = clock.monotonic() - start
-        if not warned and waited >= cfg.issuer_wait_warn.total_seconds():
-            warned = True
-            log.warning(
-                "promote.waiting",
-                msg=f"promote has waited {format_duration(dt.timedelta(seconds=waited))}"
-                f" for: {reason}; still waiting (Ctrl-C is safe: the key stays published)",
-            )
         if progress is not None:
-            progress(f"before promote, waiting for: {reason}", waited)
+            progress(f"before promote, waiting for: {reason}", clock.monotonic() - start)
         clock.sleep(GATE_POLL_SECONDS)
 
 
@@ -161,7 +152,9 @@ def prune(
     with engine.Session(cfg, clock, log, events, progress) as s:
         if s.rolling is not None:  # multi-server: do this server's part and wait until the cluster is in step
             s.rolling.wait_in_step(s.executor)
-        data, live, _ = s.observe()
+        data, live, obs = s.observe()
+        if obs.adopted:
+            raise SafetyRefusal(f"{obs.notes[0]}. Run prune again to prune from it")
         if not planner.retired(s.state, live):
             click.echo("nothing to prune: no retired key is published")
             return
@@ -203,6 +196,7 @@ def rollback(
     events: Any,
     progress: Any,
     yes: bool,
+    ignore_window: bool,
     confirm: Confirm,
     clock: Optional[Clock] = None,
 ) -> None:
@@ -230,6 +224,7 @@ def rollback(
             backup = Path(last.backup).read_bytes()
         except OSError:
             raise SafetyRefusal(f"{last.backup}: the backup of the last step is gone; cannot roll back") from None
+        engine.require_window(cfg, clock.now(), "rollback", ignore_window)
         if not yes and not confirm(
             f"Put back the key set from before the {last.step} of {ts(last.completed_at)} "
             f"({', '.join(last.before_kids)}) and restart K3s?"

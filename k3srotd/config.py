@@ -245,15 +245,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _layered(main: Path, required: bool) -> tuple[dict[str, tuple[Any, str]], list[str]]:
-    """Main file then FILE.d/*.yaml in lexical order; later keys override. Values carry their source file."""
+def _layered(main: Path) -> tuple[dict[str, tuple[Any, str]], list[str]]:
+    """Main file then FILE.d/*.yaml in lexical order; later keys override. Values carry their source file.
+    A missing main file means all defaults (the contract), also for --config: its drop-ins still count."""
     merged: dict[str, tuple[Any, str]] = {}
     sources: list[str] = []
     files: list[Path] = []
     if main.exists():
         files.append(main)
-    elif required:
-        raise ConfigError(f"{main}: does not exist; create it or drop --config")
     dropin = Path(str(main) + ".d")
     if dropin.is_dir():
         files.extend(sorted(p for p in dropin.iterdir() if p.suffix == ".yaml" and p.is_file()))
@@ -268,7 +267,7 @@ def load(path: Optional[str] = None, environ: Optional[dict[str, str]] = None) -
     env = os.environ if environ is None else environ
     explicit = path or env.get("K3SROTD_CONFIG")
     main = Path(explicit or DEFAULT_CONFIG)
-    raw, sources = _layered(main, required=bool(explicit))
+    raw, sources = _layered(main)
     values: dict[str, Any] = {}
     for key, (value, src) in raw.items():
         if key not in SCHEMA:
@@ -306,7 +305,7 @@ def _bool_text(v: str) -> Optional[bool]:
 def load_k3s_settings(main: Path) -> K3sSettings:
     """K3s's config.yaml and .d/: keys as its CLI flags; `key+` appends to a list, as K3s does."""
     try:
-        raw, sources = _layered(main, required=False)
+        raw, sources = _layered(main)
     except ConfigError as e:
         raise ConfigError(f"{e} (K3s's config, read for data-dir and kube-apiserver-arg)") from None
     merged: dict[str, Any] = {}

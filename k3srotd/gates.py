@@ -161,7 +161,30 @@ def promote_gate(cfg: Config, k3s: Any, log: Any, new_kid: str, now: dt.datetime
             issuer=url,
             since=since,
         )
-    new = {"kid": new_kid, "issuer": url, "since": since, "checked_at": ts(now), "kind": kind, "detail": detail}
+    warned = bool(entry.get("warned"))
+    waited = now - (parse_ts(since) or now)
+    if not warned and waited >= cfg.issuer_wait_warn:
+        # loud once per wait (daemon and rotate-now alike, counted from the book across runs); it keeps waiting:
+        # a signer the public issuer does not list breaks every workload's identity
+        warned = True
+        log.warning(
+            "promote.waiting",
+            msg=f"promote of {new_kid} has waited {format_duration(waited)} (issuer-wait-warn "
+            f"{format_duration(cfg.issuer_wait_warn)}) for: {detail}; still waiting. The new key stays published and "
+            "the old one signs; fix the issuer, or set verify-issuer: false to promote without it",
+            kid=new_kid,
+            issuer=url,
+            since=since,
+        )
+    new = {
+        "kid": new_kid,
+        "issuer": url,
+        "since": since,
+        "checked_at": ts(now),
+        "kind": kind,
+        "detail": detail,
+        "warned": warned,
+    }
     book.put("promote", {**new, **keep})
     return f"{detail}; awaited since {since}"
 

@@ -82,6 +82,18 @@ def test_k3s_not_running(node: Node) -> None:
     assert not (node.staging_dir / "server" / "tls" / "service.key").exists()
 
 
+def test_api_unreadable_while_k3s_runs_is_refused(node: Node, tmp_path: Path) -> None:
+    """Without the API this server cannot tell whether it is one of several, which must not act alone."""
+    node.write_config(kubeconfig=str(tmp_path / "missing-k3s.yaml"))
+    pid, live = node.server.pid, node.live_bytes()
+    proc = node.k3srotd("rotate-now")
+    assert proc.returncode == 3, proc.stderr
+    line = _last_line(proc)
+    assert "cannot reach the API" in line and "missing-k3s.yaml" in line and "restarts nothing" in line
+    assert node.server.pid == pid and node.live_bytes() == live
+    assert not (node.state_dir / "backups").exists()
+
+
 def test_staging_dir_unwritable(node: Node, tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory\n")
@@ -122,7 +134,8 @@ def test_corrupt_state_is_kept_aside_and_rebuilt(node: Node) -> None:
     assert node.status()["phase"] == "promoted"
 
 
-def test_signer_rotated_by_hand_is_adopted(node: Node) -> None:
+@pytest.mark.parametrize("command", [["rotate-now"], ["prune", "--force", "--yes"]])
+def test_signer_rotated_by_hand_is_adopted(node: Node, command: list[str]) -> None:
     node.ok("rotate-now")
     st = node.status()
     # an operator follows the K3s docs by hand: a new key first, then the old ones
@@ -136,14 +149,15 @@ def test_signer_rotated_by_hand_is_adopted(node: Node) -> None:
     assert node.server.rotate_ca(node.root / "by-hand" / "server").returncode == 0
     node.server.restart()
     live = node.live_bytes()
-    proc = node.k3srotd("rotate-now")
+    proc = node.k3srotd(*command)
     assert proc.returncode == 3
     assert "changed outside k3srotd" in _last_line(proc) and "Adopted" in _last_line(proc)
     assert node.live_bytes() == live
     st2 = node.status()
     assert st2["signer_kid"] != st["signer_kid"]
     assert st2["keys"][1]["kid"] == st["signer_kid"] and st2["keys"][1]["retired_at"] is not None
-    node.ok("rotate-now")  # from the adopted signer on
+    node.ok(*command)  # from the adopted signer on
+    assert node.status()["signer_kid"] != st["signer_kid"]
 
 
 @pytest.mark.parametrize(

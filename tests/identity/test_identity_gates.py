@@ -112,6 +112,22 @@ def test_promote_gate_book_since_and_one_log_line_per_cause(
     assert "awaited since 2030-01-01T13:00:00Z" in (gates.promote_gate(c, None, log, "newer", at(1)) or "")
 
 
+def test_promote_gate_warns_loudly_once_past_issuer_wait_warn_and_keeps_waiting(
+    tmp_path: Path, trusted: None, public_issuer: IssuerServer
+) -> None:
+    """The daemon and rotate-now share the gate: the warning counts from the book's since, across runs."""
+    c, log = cfg(tmp_path, public_issuer.issuer, issuer_wait_warn=dt.timedelta(hours=1)), Log()
+    public_issuer.publish({"keys": [{"kid": "old"}]})
+    for minutes in (0, 30, 59):
+        assert gates.promote_gate(c, None, log, "new", T0 + dt.timedelta(minutes=minutes)) is not None
+    assert "promote.waiting" not in log.events()
+    for minutes in (61, 120):
+        assert gates.promote_gate(c, None, log, "new", T0 + dt.timedelta(minutes=minutes)) is not None
+    loud = [(lvl, kw["msg"]) for lvl, e, kw in log.records if e == "promote.waiting"]
+    assert len(loud) == 1 and loud[0][0] == "warning"
+    assert "has waited 1h 1m" in loud[0][1] and "still waiting" in loud[0][1]
+
+
 def at(hours: float) -> dt.datetime:
     return T0 + dt.timedelta(hours=hours)
 

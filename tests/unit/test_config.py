@@ -83,9 +83,13 @@ def test_bad_config_names_key_and_file(tmp_path: Path, text: str, words: str) ->
     assert "\n" not in str(e.value)
 
 
-def test_missing_explicit_config_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="does not exist"):
-        config.load(str(tmp_path / "nope.yaml"))
+def test_a_missing_explicit_main_file_means_defaults_and_its_drop_ins(tmp_path: Path) -> None:
+    main = tmp_path / "nope.yaml"
+    assert config.load(str(main)).grace_period == dt.timedelta(hours=24)
+    write(tmp_path / "nope.yaml.d" / "10-grace.yaml", "grace-period: 48h\n")
+    cfg = config.load(str(main))
+    assert cfg.grace_period == dt.timedelta(hours=48)
+    assert cfg.sources == (str(tmp_path / "nope.yaml.d" / "10-grace.yaml"),)
 
 
 def test_k3s_settings_and_grace_shorter_than_token_expiration(tmp_path: Path) -> None:
