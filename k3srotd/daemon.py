@@ -215,6 +215,7 @@ class Daemon:
         logger.propagate = False
 
     def run(self) -> int:
+        from apscheduler.jobstores.base import JobLookupError
         from apscheduler.schedulers import SchedulerNotRunningError
         from apscheduler.schedulers.blocking import BlockingScheduler
         from apscheduler.triggers.date import DateTrigger
@@ -255,12 +256,17 @@ class Daemon:
         def on_hup(signum: int, frame: Any) -> None:
             sched.add_job(reload_job, id="reload", replace_existing=True)
 
+        stopper: list[threading.Thread] = []
+
         def on_term(signum: int, frame: Any) -> None:
+            if stop.is_set():
+                return
             stop.set()
             self.stopping = True
             self.notifier.stopping("stopping: the step under way runs to its end first" if self.busy else None)
             self.log.info("daemon.stop", msg="stopping" + (" after the step under way" if self.busy else ""))
-            threading.Thread(target=shutdown, daemon=True).start()
+            stopper.append(threading.Thread(target=shutdown, daemon=True))
+            stopper[0].start()
 
         def shutdown() -> None:
             # a SIGTERM can land before sched.start(): wait until it runs (run() does not start it once stop is set)
@@ -291,7 +297,15 @@ class Daemon:
         self.notifier.ready(self.status_line)
         sched.add_job(tick_job, DateTrigger(run_date=max(wake, self.clock.now())), id="tick", misfire_grace_time=None)
         if not stop.is_set():
-            sched.start()
+            try:
+                sched.start()
+            except JobLookupError:
+                # APScheduler 3: shutdown() from another thread marks the scheduler stopped first, and a main loop
+                # removing the job it just ran then finds no job. The stop is what was asked.
+                if not stop.is_set():
+                    raise
+            for t in stopper:
+                t.join()  # shutdown(wait=True): the step under way runs to its end
         self.log.info("daemon.stopped", msg="stopped")
         return 0
 

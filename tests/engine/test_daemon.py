@@ -100,7 +100,7 @@ class NotifySocket:
 def _run(node: Node, notify: NotifySocket, **env: str) -> subprocess.Popen:
     e = subprocess_env({"NOTIFY_SOCKET": str(notify.path), **env})
     return subprocess.Popen(
-        [sys.executable, "-m", "k3srotd", "--config", str(node.config), "run"],
+        [sys.executable, "-m", "k3srotd", "--debug", "--config", str(node.config), "run"],
         env=e,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -165,7 +165,7 @@ def test_sigterm_mid_step_finishes_the_step(node: Node, tmp_path: Path) -> None:
 
 def test_sighup_mid_step_reloads_after_it_and_hooks_see_every_step(node: Node, tmp_path: Path) -> None:
     """A reload during a step waits for the step (no second tick beside it), then takes effect at once: here a
-    publish-wait cut to 0s lets the promote follow. The hooks in hooks-dir run after each step."""
+    publish-wait cut to 0s lets the promote follow (and the new key is not due for 30 days). The hooks in hooks-dir run after each step."""
     node.write_config(rotation_interval="1s", publish_wait="1h", max_splay="0s")
     hooks = Path(node.settings["hooks-dir"])
     hooks.mkdir(mode=0o755)
@@ -180,7 +180,7 @@ def test_sighup_mid_step_reloads_after_it_and_hooks_see_every_step(node: Node, t
         notify.wait_for("doing publish")
         drop_in = Path(str(node.config) + ".d")
         drop_in.mkdir()
-        (drop_in / "50-fast.yaml").write_text("publish-wait: 0s\n")
+        (drop_in / "50-fast.yaml").write_text("publish-wait: 0s\nrotation-interval: 30d\n")
         proc.send_signal(signal.SIGHUP)
         notify.wait_for("RELOADING=1")
         notify.wait_for("next prune at", timeout=60)
