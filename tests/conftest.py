@@ -52,3 +52,16 @@ def k3s_cluster(tmp_path_factory):
 
 
 # --- end of K3s emulator fixtures ---
+
+# --- parallel runs (pytest-xdist, --dist loadgroup) ---
+# The package builds and the containers share one build tree, one cached Debian root and the host's loopback
+# (K3s's fixed ports): every test that builds or boots runs on one worker, one at a time.
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("nspawn") or "nspawn" in item.path.parts:
+            item.add_marker(pytest.mark.xdist_group("nspawn"))
+
+
+# --- end of parallel runs ---

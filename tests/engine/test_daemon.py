@@ -165,7 +165,8 @@ def test_sigterm_mid_step_finishes_the_step(node: Node, tmp_path: Path) -> None:
 
 def test_sighup_mid_step_reloads_after_it_and_hooks_see_every_step(node: Node, tmp_path: Path) -> None:
     """A reload during a step waits for the step (no second tick beside it), then takes effect at once: here a
-    publish-wait cut to 0s lets the promote follow (and the new key is not due for 30 days). The hooks in hooks-dir run after each step."""
+    publish-wait cut to 0s lets the promote follow (the new key is not due for 30 days). The hooks in hooks-dir
+    run after each step."""
     node.write_config(rotation_interval="1s", publish_wait="1h", max_splay="0s")
     hooks = Path(node.settings["hooks-dir"])
     hooks.mkdir(mode=0o755)
