@@ -119,6 +119,7 @@ class Step:
     outcome: str  # rolling | committed | rolled-back
     published_at: Optional[dt.datetime]
     state: str = ""  # JSON of the driver's state snapshot once the step is finished, for the others to adopt
+    window: str = ""  # "ignored": started with --ignore-window, so every server restarts at once, in its window or not
 
     @property
     def open(self) -> bool:
@@ -136,6 +137,7 @@ class Step:
             ANN + "outcome": self.outcome,
             ANN + "published-at": micro(self.published_at) if self.published_at else "",
             ANN + "state": self.state,
+            ANN + "window": self.window,
         }
 
     @classmethod
@@ -153,6 +155,7 @@ class Step:
             outcome=lease.ann("outcome") or "rolling",
             published_at=parse_time(lease.ann("published-at")),
             state=lease.ann("state"),
+            window=lease.ann("window"),
         )
 
 

@@ -50,6 +50,7 @@ def rotate_now(
     gates.issuer_url(cfg)  # verify-issuer true without an issuer URL: a config error before anything changes
     with engine.Session(cfg, clock, log, events, progress) as s:
         if s.rolling is not None:  # multi-server: staged only; do this server's part, wait until in step
+            s.rolling.ignore_window = ignore_window  # the other servers restart at once too
             if cfg.strategy == "direct":
                 s.rolling.refuse_direct()
             s.rolling.wait_in_step(s.executor)
@@ -151,6 +152,7 @@ def prune(
     clock = clock or Clock()
     with engine.Session(cfg, clock, log, events, progress) as s:
         if s.rolling is not None:  # multi-server: do this server's part and wait until the cluster is in step
+            s.rolling.ignore_window = ignore_window
             s.rolling.wait_in_step(s.executor)
         data, live, obs = s.observe()
         if obs.adopted:
@@ -202,6 +204,8 @@ def rollback(
 ) -> None:
     clock = clock or Clock()
     with engine.Session(cfg, clock, log, events, progress, retry_failed_rollback=True) as s:
+        if s.rolling is not None:
+            s.rolling.ignore_window = ignore_window
         if s.executor.resumed == ("rollback", "finished"):
             _, live, _ = s.read_live()
             click.echo("finished the rollback an earlier k3srotd left; " + _summary(live, s.phase(live)))

@@ -11,6 +11,7 @@ being down) is verified and reports without a restart. When the step is finished
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -22,7 +23,7 @@ from k3srotd.config import Config
 from k3srotd.errors import LockHeld
 from k3srotd.files import sha256
 from k3srotd.kubeapi import APIError
-from k3srotd.rollplan import Book, my_turn, out_of_step
+from k3srotd.rollplan import Book, held_by_window, my_turn, orphaned, out_of_step
 from k3srotd.state import ts
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ class Follower:
         self.book = Book(cfg.state_dir)
         self.seen_step: Optional[str] = None
         self.holding_step = False
+        self.ignore_window = False  # the driver's step was started with --ignore-window (commands set it)
         self._mine: Optional[Report] = None
 
     # --- reading the cluster
@@ -148,6 +150,8 @@ class Follower:
                     return waiting, LOOK_SECONDS
             else:
                 self._report(live, sha)
+            if step is not None and sha == step.target_sha and self._take_over(ex, step, servers, reports):
+                continue  # look again: the step is committed now, and adopted
             if step is not None and not step.open and sha == step.target_sha:
                 self._adopt(ex, step)
             reason = out_of_step(servers, step, reports, self.me, sha)
@@ -228,6 +232,10 @@ class Follower:
         if proc is None:
             return f"K3s is not running on {self.me}; it restarts onto {step.step} ({step.id}) once it runs"
         what = f"{self.me}'s restart onto {step.step} ({step.id})"
+        held = held_by_window(step, self.cfg.maintenance_window, self.clock.now())
+        if held is not None:
+            self._say("rolling.window", f"{what} waits: {held}")
+            return f"{what} waits: {held}"
         waiting = self._take_restart_lease(what, TURN_WAIT)
         if waiting is not None:
             return waiting
@@ -272,6 +280,39 @@ class Follower:
             self.cluster.release(name)
         except APIError as e:  # it expires by itself
             self.log.warning("rolling.release", msg=f"could not release {name} ({e}); it expires by itself")
+
+    def _take_over(self, ex: Executor, step: Step, servers: list[Server], reports: dict[str, Report]) -> bool:
+        """Commit an orphaned step (rollplan.orphaned) for the cluster: this server's state as the step commits
+        it, published for the others to adopt. True when it did."""
+        from k3srotd import planner
+
+        now = self.clock.now()
+        if self._mine is not None:
+            reports = {**reports, self.me: self._mine}
+        if not orphaned(step, None, servers, reports, self.me, now):
+            return False  # cheap first: no extra API call while the step is not done everywhere
+        if not orphaned(step, self.cluster.lease(STEP_LEASE), servers, reports, self.me, now):
+            return False
+        try:
+            taken = self.cluster.acquire(STEP_LEASE)  # resourceVersion: one server wins
+        except Held:
+            return False
+        cur = Step.from_lease(taken)
+        if cur is None or cur.id != step.id or not cur.open:
+            self.cluster.release(STEP_LEASE)
+            return False
+        state = planner.committed(ex.state, step.step, step.before_kids, step.target_kids, now)
+        done = dataclasses.replace(cur, outcome="committed", state=json.dumps(state.snapshot()))
+        self.cluster.release(STEP_LEASE, done.annotations())
+        self.log.warning(
+            "rolling.taken-over",
+            msg=f"{step.driver} published {step.step} ({step.id}) and stopped renewing k3srotd-step; every server "
+            f"runs it, so {self.me} committed it for the cluster",
+            node=self.me,
+            step=step.step,
+            kids=step.target_kids,
+        )
+        return True
 
     def _adopt(self, ex: Executor, step: Step) -> None:
         if self.book.load().get("adopted") == step.id or not step.state:

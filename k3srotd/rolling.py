@@ -176,6 +176,7 @@ class Rolling(Follower):
             target_sha=sha256(staged),
             outcome="rolling",
             published_at=self.clock.now(),
+            window="ignored" if self.ignore_window else "",
         )
         self.book.update(driving=sid)
         self.seen_step = sid
@@ -201,7 +202,7 @@ class Rolling(Follower):
     def _own_turn(
         self, ex: Executor, step: Step, target: keys.KeyFile, staged: bytes, old: Optional[ServerProcess]
     ) -> None:
-        from k3srotd.steps import VerifyFailed
+        from k3srotd.steps import VerifyFailed, checkpoint
 
         self._take_restart_lease(f"{self.me}'s restart onto {step.step} ({step.id})", None)
         try:
@@ -215,6 +216,7 @@ class Rolling(Follower):
             self._report(target, step.target_sha, force=True, step_id=step.id, result="ok", error="")
         except APIError as e:  # await_all reports again
             self.log.warning("rolling.report", msg=f"could not report ({e}); trying again")
+        checkpoint(step.step, "reported")
 
     def await_all(self, step: Step) -> None:
         """Until every server reports the step. VerifyFailed when one failed it; Waiting in the background."""

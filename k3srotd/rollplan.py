@@ -24,8 +24,28 @@ LEASE_ENV = "K3SROTD_TEST_LEASE_SECONDS"  # test hook: a short lease duration
 BOOK = "cluster.json"
 
 
-def node_name(cfg: Config) -> str:
-    return cfg.node_name or cfg.k3s.node_name or socket.gethostname()
+SYSTEMD_DIR = "/etc/systemd/system"
+
+
+def node_name(cfg: Config, unit_dir: str = SYSTEMD_DIR) -> str:
+    """This server's Node name, as K3s picks it: node-name (k3srotd's, then K3s's config), then K3S_NODE_NAME in
+    the environment file the K3s installer writes beside the unit, then the hostname in lower case."""
+    return cfg.node_name or cfg.k3s.node_name or _installer_node_name(cfg, unit_dir) or socket.gethostname().lower()
+
+
+def _installer_node_name(cfg: Config, unit_dir: str) -> Optional[str]:
+    env = Path(unit_dir) / f"{cfg.k3s_service}.service.env"
+    try:
+        lines = env.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:  # KEY=value or KEY='value'; only this key is read (the file also holds K3s's token)
+        key, sep, value = line.strip().partition("=")
+        if sep and key.strip() == "K3S_NODE_NAME":
+            name = value.strip().strip("'\"")
+            if name:
+                return name
+    return None
 
 
 def lease_seconds(cfg: Config) -> int:
@@ -89,6 +109,25 @@ def out_of_step(
     return None
 
 
+def orphaned(
+    step: Optional[Step],
+    step_lease: Optional[Lease],
+    servers: Sequence[Server],
+    reports: dict[str, Report],
+    me: str,
+    now: dt.datetime,
+) -> bool:
+    """A step whose driver stopped renewing k3srotd-step while every server reports it done: any other server may
+    commit it for the cluster, so that a driver that died for good does not block every later step. (A rollback,
+    or a step some server failed, waits for its driver: only it holds the backup to roll back to.)"""
+    if step is None or not step.open or step.driver == me or step.step == "rollback":
+        return False
+    if step_lease is not None and step_lease.held(now):
+        return False
+    waiting, failed = awaited(servers, step, reports, now)
+    return not waiting and not failed
+
+
 def my_turn(step: Optional[Step], my_sha: str, mine: Optional[Report], tried: dict[str, str]) -> str:
     """restart | verify | "" : what this server owes the published step. A result it reported stands; a restart is
     tried once per step (no restart loop); a server found on the published set (it restarted meanwhile, or came
@@ -100,6 +139,14 @@ def my_turn(step: Optional[Step], my_sha: str, mine: Optional[Report], tried: di
     if my_sha == step.target_sha:
         return "verify"
     return "" if step.id in tried else "restart"
+
+
+def held_by_window(step: Step, window: Any, now: dt.datetime) -> Optional[str]:
+    """Why this server's restart onto the published step waits for its maintenance window, or None. A rollback
+    repairs and is never held; nor is a step its driver started with --ignore-window (an incident)."""
+    if window is None or step.step == "rollback" or step.window == "ignored" or window.contains(now):
+        return None
+    return f"maintenance-window ({window}) is closed; it opens next at {ts(window.next_start(now))}"
 
 
 # --- <state-dir>/cluster.json: what this server knows of its cluster between runs

@@ -1,14 +1,19 @@
 """The pure parts of multi-server coordination, as tables: lease expiry, who is awaited, whether a new step may
-start, what a server owes the published step."""
+start, what a server owes the published step, this server's node name."""
 
 from __future__ import annotations
 
 import datetime as dt
+import socket
+from pathlib import Path
 
 import pytest
 
+from k3srotd import config
+from k3srotd.cluster import STEP_LEASE as STEP
 from k3srotd.cluster import Lease, Report, Server, Step
-from k3srotd.rollplan import awaited, my_turn, out_of_step
+from k3srotd.rollplan import awaited, held_by_window, my_turn, node_name, orphaned, out_of_step
+from k3srotd.window import MaintenanceWindow
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 A, B = "A" * 43, "B" * 43
@@ -120,3 +125,92 @@ def test_step_round_trips_through_lease_annotations() -> None:
     le = Lease("k3srotd-step", "", 10, None, None, 0, s.annotations(), "7")
     assert Step.from_lease(le) == s
     assert Step.from_lease(Lease("k3srotd-step", "", 10, None, None, 0, {}, "7")) is None
+
+
+@pytest.mark.parametrize(
+    ("ours", "k3s_config", "env_file", "hostname", "name"),
+    [
+        ("server-a", "node-name: b\n", "K3S_NODE_NAME=c\n", "D", "server-a"),  # k3srotd's own key first
+        ("", "node-name: b\n", "K3S_NODE_NAME=c\n", "D", "b"),  # then K3s's config
+        ("", "", "K3S_TOKEN=secret\nK3S_NODE_NAME='c'\n", "D", "c"),  # then the installer's environment file
+        ("", "", "", "Server-D.Example", "server-d.example"),  # then the hostname, lower case like K3s
+    ],
+)
+def test_node_name_as_k3s_picks_it(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    ours: str,
+    k3s_config: str,
+    env_file: str,
+    hostname: str,
+    name: str,
+) -> None:
+    (tmp_path / "k3s.yaml").write_text(k3s_config)
+    units = tmp_path / "systemd"
+    units.mkdir()
+    if env_file:
+        (units / "k3s.service.env").write_text(env_file)
+    main = tmp_path / "k3srotd.yaml"
+    main.write_text(f"k3s-config: {tmp_path / 'k3s.yaml'}\n" + (f"node-name: {ours}\n" if ours else ""))
+    monkeypatch.setattr(socket, "gethostname", lambda: hostname)
+    assert node_name(config.load(str(main)), str(units)) == name
+
+
+WINDOW = MaintenanceWindow.parse({"start": "02:00", "end": "04:00"}, tz=dt.timezone.utc)
+
+
+@pytest.mark.parametrize(
+    ("name", "window", "at", "held"),
+    [
+        ("publish", "", "03:00", False),  # inside this server's window
+        ("publish", "", "12:00", True),  # outside: it restarts at the next opening
+        ("promote", "ignored", "12:00", False),  # the driver started it with --ignore-window
+        ("rollback", "", "12:00", False),  # a rollback repairs
+    ],
+)
+def test_held_by_window(name: str, window: str, at: str, held: bool) -> None:
+    s = Step("s1", name, "server-0", [A], [A, B], A, "sha-new", "rolling", T0, window=window)
+    now = dt.datetime.fromisoformat(f"2026-01-02T{at}:00+00:00")
+    why = held_by_window(s, WINDOW, now)
+    assert (why is not None) == held
+    if why:
+        assert "opens next at 2026-01-03T02:00:00Z" in why
+    assert held_by_window(s, None, now) is None
+    assert Step.from_lease(Lease(STEP, "server-0", 10, T0, T0, 0, s.annotations(), "1")) == s
+
+
+def _step_lease(renew: dt.datetime) -> Lease:
+    return Lease(STEP, "server-0", 10, renew, renew, 0, {}, "1")
+
+
+DONE = {n.name: report(n.name, "sha-new", "s1", "ok") for n in SERVERS}
+
+
+@pytest.mark.parametrize(
+    ("published", "lease_renewed", "reports", "me", "orphan"),
+    [
+        (step(), T0 - dt.timedelta(seconds=11), DONE, "server-1", True),  # the driver stopped renewing; all done
+        (step(), T0 - dt.timedelta(seconds=5), DONE, "server-1", False),  # its lease still runs
+        (step(), T0 - dt.timedelta(seconds=11), DONE, "server-0", False),  # the driver resumes its own step
+        (step("committed"), T0 - dt.timedelta(seconds=11), DONE, "server-1", False),
+        (step(), T0 - dt.timedelta(seconds=11), {**DONE, "server-2": report("server-2", "sha-old")}, "server-1", False),
+        (
+            step(),
+            T0 - dt.timedelta(seconds=11),
+            {**DONE, "server-2": report("server-2", "sha-old", "s1", "failed")},
+            "server-1",
+            False,  # a failed server: only the driver has the backup to roll back to
+        ),
+        (
+            Step("s1", "rollback", "server-0", [A], [A, B], A, "sha-new", "rolling", T0),
+            T0 - dt.timedelta(seconds=11),
+            DONE,
+            "server-1",
+            False,
+        ),
+    ],
+)
+def test_orphaned(
+    published: Step, lease_renewed: dt.datetime, reports: dict[str, Report], me: str, orphan: bool
+) -> None:
+    assert orphaned(published, _step_lease(lease_renewed), SERVERS, reports, me, T0) is orphan
