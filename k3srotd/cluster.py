@@ -5,8 +5,10 @@ Objects, all in kube-system:
                         key set (Step), which every server's k3srotd reads to see that it is behind
   k3srotd-restart       one server restarts its K3s at a time, so etcd keeps its quorum
   k3srotd-node-<node>   each server's report (Report): its live key set, the last step it restarted for and how
-                        that went; holder = that node, renewed at every report, so its age says when its k3srotd
-                        last looked
+                        that went, its answer to the last token check; holder = that node, renewed at every
+                        report, so its age says when its k3srotd last looked
+  k3srotd-tokens        a token check asked before a prune (check-id): each kube-apiserver counts stale and legacy
+                        tokens on its own /metrics, so every server answers for its own in its report
 
 Every write uses optimistic concurrency: a PUT carries the resourceVersion read, and kube-apiserver answers 409
 when someone wrote in between; we read again and retry. A lease is held while renewTime + leaseDurationSeconds
@@ -34,6 +36,7 @@ CONTROL_PLANE = "node-role.kubernetes.io/control-plane"
 STEP_LEASE = "k3srotd-step"
 RESTART_LEASE = "k3srotd-restart"
 NODE_LEASE = "k3srotd-node-"
+TOKENS_LEASE = "k3srotd-tokens"
 ANN = "k3srotd.io/"
 CONFLICT_RETRIES = 8
 
@@ -171,6 +174,8 @@ class Report:
     error: str
     at: Optional[dt.datetime]  # when its k3srotd last reported
     valid_until: Optional[dt.datetime]
+    tokens_check: str = ""  # the token check (TOKENS_LEASE check-id) it answered last
+    tokens: str = ""  # its answer: "ok" (no watched counter grew during the grace-period), else what grew
 
     def annotations(self) -> dict[str, str]:
         return {
@@ -179,6 +184,8 @@ class Report:
             ANN + "step-id": self.step_id,
             ANN + "result": self.result,
             ANN + "error": self.error,
+            ANN + "tokens-check": self.tokens_check,
+            ANN + "tokens": self.tokens,
         }
 
     @classmethod
@@ -192,6 +199,8 @@ class Report:
             error=lease.ann("error"),
             at=lease.renew,
             valid_until=lease.expires,
+            tokens_check=lease.ann("tokens-check"),
+            tokens=lease.ann("tokens"),
         )
 
 

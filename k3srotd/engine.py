@@ -204,7 +204,8 @@ class Session:
         """None when the keys may go; else why live tokens may still need them."""
         from k3srotd import gates
 
-        return gates.prune_gate(self.cfg, self.k3s, self.log, drop, self.clock.now())
+        others = self.rolling.token_check if self.rolling is not None else None
+        return gates.prune_gate(self.cfg, self.k3s, self.log, drop, self.clock.now(), others)
 
     def warn_token_lifetime(self, step: str) -> None:
         k = self.cfg.k3s

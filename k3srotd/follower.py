@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from k3srotd import keys
 from k3srotd.clock import Clock
-from k3srotd.cluster import RESTART_LEASE, STEP_LEASE, Cluster, Held, Report, Server, Step
+from k3srotd.cluster import RESTART_LEASE, STEP_LEASE, TOKENS_LEASE, Cluster, Held, Report, Server, Step
 from k3srotd.config import Config
 from k3srotd.errors import LockHeld
 from k3srotd.files import sha256
@@ -72,6 +72,7 @@ class Follower:
         self.seen_step: Optional[str] = None
         self.holding_step = False
         self.ignore_window = False  # the driver's step was started with --ignore-window (commands set it)
+        self._check_id = ""  # the token check asked on k3srotd-tokens, as last read
         self._mine: Optional[Report] = None
 
     # --- reading the cluster
@@ -81,7 +82,19 @@ class Follower:
         reports = Cluster.reports(leases)
         if self._mine is None:
             self._mine = reports.get(self.me)
+        self._check_id = leases[TOKENS_LEASE].ann("check-id") if TOKENS_LEASE in leases else ""
         return self.servers, Step.from_lease(leases.get(STEP_LEASE)), reports
+
+    def _answer_token_check(self, live: keys.KeyFile, sha: str) -> None:
+        """A server asked before a prune whether old tokens are still presented: answer for this kube-apiserver
+        (its /metrics counts only what reached it), once per check."""
+        from k3srotd import gates
+
+        cid = self._check_id
+        if not cid or (self._mine is not None and self._mine.tokens_check == cid):
+            return
+        answer = gates.token_counters_verdict(self.cfg, self.k3s, self.clock.now())
+        self._report(live, sha, force=True, tokens_check=cid, tokens=answer or "ok")
 
     def _live(self) -> tuple[bytes, keys.KeyFile]:
         data = self.k3s.live_bytes()
@@ -106,6 +119,8 @@ class Follower:
             error=fields.get("error", cur.error if cur else ""),
             at=None,
             valid_until=None,
+            tokens_check=fields.get("tokens_check", cur.tokens_check if cur else ""),
+            tokens=fields.get("tokens", cur.tokens if cur else ""),
         )
         # rewritten when it changes, else about every HEARTBEAT: each write is a datastore write on every server
         every = min(HEARTBEAT, self.cluster.duration / 2)
@@ -150,6 +165,7 @@ class Follower:
                     return waiting, LOOK_SECONDS
             else:
                 self._report(live, sha)
+            self._answer_token_check(live, sha)
             if step is not None and sha == step.target_sha and self._take_over(ex, step, servers, reports):
                 continue  # look again: the step is committed now, and adopted
             if step is not None and not step.open and sha == step.target_sha:

@@ -190,6 +190,12 @@ def promote_gate(cfg: Config, k3s: Any, log: Any, new_kid: str, now: dt.datetime
 
 
 # --- prune
+def token_counters_verdict(cfg: Config, k3s: Any, now: dt.datetime) -> Optional[str]:
+    """This kube-apiserver's answer: None when no watched token counter grew during the last grace-period, else
+    what grew (or why it cannot tell). The reading is kept for the next answer."""
+    return _counters_verdict(cfg, k3s, (), now, save=True)
+
+
 def _counters_verdict(cfg: Config, k3s: Any, drop: Sequence[str], now: dt.datetime, save: bool) -> Optional[str]:
     from k3srotd import tokenmetrics  # imported where used: `status` needs neither
 
@@ -198,7 +204,7 @@ def _counters_verdict(cfg: Config, k3s: Any, drop: Sequence[str], now: dt.dateti
     except (tokenmetrics.MetricsError, K3srotdError) as e:
         return (
             f"the apiserver's /metrics cannot be read ({e}), so k3srotd cannot tell whether tokens signed by "
-            f"{', '.join(drop)} are still in use"
+            f"{', '.join(drop) or 'the retired keys'} are still in use"
         )
     history = tokenmetrics.History(cfg.state_dir)
     past = history.load()
@@ -215,12 +221,22 @@ def safe_on_time_hint(cfg: Config) -> str:
     )
 
 
-def prune_gate(cfg: Config, k3s: Any, log: Any, drop: Sequence[str], now: dt.datetime) -> Optional[str]:
+def prune_gate(
+    cfg: Config,
+    k3s: Any,
+    log: Any,
+    drop: Sequence[str],
+    now: dt.datetime,
+    others: Optional[Callable[[], Optional[str]]] = None,
+) -> Optional[str]:
+    """None when the keys may go; else why not. `others` (multi-server): the other kube-apiservers' answers."""
     book = Book(cfg.state_dir)
     if not (cfg.prune_token_metrics and cfg.verify_api):
         book.put("prune", None)
         return None
     detail = _counters_verdict(cfg, k3s, drop, now, save=True)
+    if detail is None and others is not None:
+        detail = others()
     entry = book.load().get("prune") or {}
     if detail is None:
         if entry:

@@ -29,20 +29,21 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import json
 import uuid
 from typing import TYPE_CHECKING, Any, Optional
 
 from k3srotd import keys
 from k3srotd.clock import Clock
-from k3srotd.cluster import RESTART_LEASE, STEP_LEASE, Cluster, Held, Step
+from k3srotd.cluster import ANN, RESTART_LEASE, STEP_LEASE, TOKENS_LEASE, Cluster, Held, Step, micro, parse_time
 from k3srotd.config import Config
 from k3srotd.errors import ConfigError, SafetyRefusal
 from k3srotd.files import sha256
 from k3srotd.follower import API_RETRY, IDLE_POLL, LOOK_SECONDS, TURN_POLL, Follower, Waiting
 from k3srotd.kubeapi import APIError
 from k3srotd.rollplan import Book, awaited, lease_seconds, node_name, out_of_step
-from k3srotd.state import Intent, State
+from k3srotd.state import Intent, State, ts
 
 if TYPE_CHECKING:
     from k3srotd.engine import Session
@@ -50,6 +51,9 @@ if TYPE_CHECKING:
     from k3srotd.steps import Executor
 
 __all__ = ["IDLE_POLL", "Rolling", "Waiting", "attach"]
+
+CHECK_FRESH = dt.timedelta(minutes=10)  # a token check younger than this is answered, not asked again
+CHECK_WAIT = 15.0  # a foreground prune waits this long for the other servers' answers
 
 
 def attach(
@@ -311,6 +315,46 @@ class Rolling(Follower):
         ex.commit(intent.step, live)
         ex.resumed = (intent.step, "finished")
         return f"finished the {intent.step} on every server"
+
+    def token_check(self) -> Optional[str]:
+        """Before a prune: the other servers' answers to a token check (asked now, unless one was asked within
+        CHECK_FRESH). None when no other kube-apiserver saw old tokens presented during the grace-period; else
+        which server saw what, or which have not answered (in the foreground, after up to CHECK_WAIT)."""
+        now = self.clock.now()
+        deadline = self.clock.monotonic() + (0.0 if self.background else CHECK_WAIT)
+        try:
+            cid, asked = self._token_check_id(now)
+            while True:
+                leases = self.cluster.leases()
+                reports = Cluster.reports(leases)
+                others = [s.name for s in self.cluster.servers() if s.name != self.me]
+                missing = [n for n in others if n not in reports or reports[n].tokens_check != cid]
+                grew = [f"{n}: {reports[n].tokens}" for n in others if n not in missing and reports[n].tokens != "ok"]
+                if grew:
+                    return "; ".join(grew)
+                if not missing:
+                    return None
+                if self.clock.monotonic() >= deadline:
+                    return (
+                        f"{', '.join(missing)} have not answered the token check asked at {ts(asked)} yet (each "
+                        "server's k3srotd answers for its own kube-apiserver within seconds)"
+                    )
+                self.clock.sleep(LOOK_SECONDS)
+        except APIError as e:
+            return f"cannot ask the other servers whether old tokens are still presented to them ({e})"
+
+    def _token_check_id(self, now: dt.datetime) -> tuple[str, dt.datetime]:
+        lease = self.cluster.lease(TOKENS_LEASE)
+        asked = parse_time(lease.ann("check-at")) if lease is not None else None
+        if lease is not None and lease.ann("check-id") and asked is not None and now - asked < CHECK_FRESH:
+            return lease.ann("check-id"), asked
+        cid = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{self.me}-{uuid.uuid4().hex[:6]}"
+        try:
+            self.cluster.acquire(TOKENS_LEASE, {ANN + "check-id": cid, ANN + "check-at": micro(now)})
+            self.cluster.release(TOKENS_LEASE)
+        except Held:  # another server asks right now: take its question
+            return self._token_check_id(now)
+        return cid, now
 
     def close(self, state: State) -> None:
         """Session end: give the step lease up unless a published step of ours is still rolling."""

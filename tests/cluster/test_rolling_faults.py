@@ -218,6 +218,31 @@ def test_a_driver_gone_for_good_does_not_block_the_cluster(cluster: Cluster) -> 
     wait_until("every server signs with the new key", lambda: all(n.server.signer_kid() == new for n in cluster))
 
 
+def test_a_prune_waits_while_another_server_still_sees_old_tokens(cluster: Cluster) -> None:
+    """Each kube-apiserver counts the stale tokens presented to it: the server that prunes asks every other
+    server's k3srotd, and a counter that grew on any of them delays the prune."""
+    a, b, c = cluster
+    old = a.server.signer_kid()
+    for n in (b, c):
+        n.write_config(publish_wait="1h")
+        n.start_daemon()
+    wait_until("every daemon reports", lambda: _reported(cluster, "server-1", "server-2"))
+    a.ok("rotate-now", timeout=240)
+    new = a.status()["signer_kid"]
+    a.write_config(grace_period="1s")
+    time.sleep(1.1)
+    c.server.add_token_uses(stale=2)  # a client still presents an old-key token, to server-2 only
+    refused = a.k3srotd("prune", timeout=120)
+    assert refused.returncode == 3, refused.stderr
+    assert "server-2: serviceaccount_stale_tokens_total grew by 2" in refused.stderr
+    assert "server-1" not in refused.stderr.splitlines()[-1]
+    for n in cluster:
+        assert n.server.jwks_kids() == [new, old], n.name
+    a.ok("prune", "--force", "--yes", timeout=240)
+    for n in cluster:
+        assert n.server.jwks_kids() == [new], n.name
+
+
 def _awaiting(node: ClusterNode, name: str) -> str:
     """The status table's `awaiting` row for server `name`, or ""."""
     for line in node.ok("status").stdout.splitlines():

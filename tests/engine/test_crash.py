@@ -86,3 +86,28 @@ def test_crash_then_rerun(node: Node, step: str, point: str) -> None:
     st = node.status()
     assert [k["kid"] for k in st["keys"]] == srv.disk_kids()
     assert "interrupted" not in node.ok("status").stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["staged", "restarted", "verified"])
+def test_crash_during_the_automatic_rollback(node: Node, point: str) -> None:
+    """A publish whose check fails (K3s serves the old set, K3s issue 8952) is rolled back; k3srotd is killed at a
+    boundary of that rollback. The next run finishes the rollback first, then rotates."""
+    old = node.server.signer_kid()
+    node.server.set_faults({"stale_keys": {"times": 1}})
+    crashed = node.k3srotd("rotate-now", "--skip-publish-wait", env={"K3SROTD_TEST_CRASH_AT": f"rollback:{point}"})
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    if node.server.pid is None:  # killed while K3s restarted: the service manager would bring it back
+        node.server.start()
+    node.server.wait_ready(30)
+    assert node.server.disk_kids() == [old] == node.server.jwks_kids()  # the old signer never left
+    st = node.ok("status").stdout
+    assert "interrupted" in st and "publish (rolling-back)" in st, st
+    again = node.ok("rotate-now", "--skip-publish-wait")
+    assert "interrupted rollback of publish" in again.stderr, again.stderr
+    events = [e["event"] for e in node.events()]
+    assert events.index("rollback.done") < events.index("promote.done")
+    srv = node.server
+    assert srv.signer_kid() != old and srv.disk_kids() == [srv.signer_kid(), old] == srv.jwks_kids()
+    assert srv.datastore_kids() == srv.disk_kids()
+    assert not (node.staging_dir / "server" / "tls" / "service.key").exists()
