@@ -107,6 +107,11 @@ def rotate_now_dry_run(cfg: Config, skip_publish_wait: bool, clock: Optional[Clo
     new = f"<new RSA-{cfg.key_size} key>"
     if v.phase != planner.PUBLISHED:
         if cfg.strategy == "direct":
+            from k3srotd import rollplan
+
+            known = rollplan.Book(cfg.state_dir).load().get("servers") or []
+            if len(known) > 1:  # what rotate-now would say; the dry run asks the cluster nothing
+                raise rollplan.direct_refused(known)
             order = [new, *v.live.kids]
             click.echo(f"would rotate (direct): stage {', '.join(order)}; run {rotate_ca}; run {restart}; verify")
             return

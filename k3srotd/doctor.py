@@ -140,17 +140,16 @@ def checks(cfg: Config) -> list[Callable[[], Check]]:
         return PASS, f"API: /readyz ok, JWKS lists {len(kids)} key(s)"
 
     def tokens() -> Check:
+        from k3srotd.durations import format_duration
+        from k3srotd.gates import safe_on_time_hint
+
         k = cfg.k3s
-        if not k.tokens_may_outlive_grace:
+        if not k.tokens_may_outlive_grace and k.max_token_expiration is not None:
             return PASS, (
-                f"token lifetime: max-token-expiration {k.max_token_expiration} within grace-period "
-                f"{cfg.grace_period}, extend-token-expiration=false"
+                f"token lifetime: max-token-expiration {format_duration(k.max_token_expiration)} within "
+                f"grace-period {format_duration(cfg.grace_period)}, extend-token-expiration=false"
             )
-        return WARN, (
-            "token lifetime: tokens may outlive grace-period: set kube-apiserver-arg "
-            "service-account-extend-token-expiration=false and service-account-max-token-expiration "
-            f"(at most {cfg.grace_period}) in {cfg.k3s_config} so a prune is safe on time"
-        )
+        return WARN, f"token lifetime: tokens may outlive grace-period: {safe_on_time_hint(cfg)}"
 
     def version() -> Check:
         return _version_check(cfg)

@@ -42,7 +42,7 @@ from k3srotd.errors import ConfigError, SafetyRefusal
 from k3srotd.files import sha256
 from k3srotd.follower import API_RETRY, IDLE_POLL, LOOK_SECONDS, TURN_POLL, Follower, Waiting
 from k3srotd.kubeapi import APIError
-from k3srotd.rollplan import Book, awaited, lease_seconds, node_name, out_of_step
+from k3srotd.rollplan import Book, awaited, direct_refused, lease_seconds, node_name, out_of_step
 from k3srotd.state import Intent, State, ts
 
 if TYPE_CHECKING:
@@ -116,12 +116,7 @@ class Rolling(Follower):
             return now_live
 
     def refuse_direct(self) -> None:
-        names = ", ".join(s.name for s in self.servers)
-        raise SafetyRefusal(
-            f"strategy direct is refused on a cluster of {len(self.servers)} servers ({names}): the new key would "
-            "sign on the first server restarted while the others cannot verify its tokens yet. Use strategy "
-            "staged (the default): it publishes the key on every server before any server signs with it"
-        )
+        raise direct_refused([s.name for s in self.servers])
 
     # --- the driver (hooks in steps.Executor)
     def begin(self, step: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 from k3srotd.clock import Clock
 from k3srotd.cluster import RESTART_LEASE, STEP_LEASE, Cluster, Lease, Report, Server, Step
 from k3srotd.config import Config
-from k3srotd.errors import ConfigError
+from k3srotd.errors import ConfigError, SafetyRefusal
 from k3srotd.kubeapi import APIError
 from k3srotd.state import State, ensure_private_dir, parse_ts, ts, write_atomic
 
@@ -139,6 +139,14 @@ def my_turn(step: Optional[Step], my_sha: str, mine: Optional[Report], tried: di
     if my_sha == step.target_sha:
         return "verify"
     return "" if step.id in tried else "restart"
+
+
+def direct_refused(names: Sequence[str]) -> SafetyRefusal:
+    return SafetyRefusal(
+        f"strategy direct is refused on a cluster of {len(names)} servers ({', '.join(names)}): the new key would "
+        "sign on the first server restarted while the others cannot verify its tokens yet. Use strategy "
+        "staged (the default): it publishes the key on every server before any server signs with it"
+    )
 
 
 def held_by_window(step: Step, window: Any, now: dt.datetime) -> Optional[str]:

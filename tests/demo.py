@@ -41,7 +41,24 @@ def main() -> int:
         token = server.request_token("default", "demo-app")
         k3srotd("status")
         k3srotd("doctor")
-        k3srotd("rotate-now")  # publish the new key (verify-only), wait publish-wait, promote it to signer
+        # publish the new key (verify-only), wait publish-wait, promote it to signer; status while it waits
+        print("\n$ k3srotd rotate-now      (publish, wait publish-wait, promote; status meanwhile)", flush=True)
+        rotate = subprocess.Popen([sys.executable, "-m", "k3srotd", "--config", str(config), "rotate-now"], env=env)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and rotate.poll() is None:
+            phase = subprocess.run(
+                [sys.executable, "-m", "k3srotd", "--config", str(config), "status", "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
+            if '"phase": "published"' in phase:
+                k3srotd("status")
+                break
+            time.sleep(0.2)
+        if rotate.wait(timeout=120) != 0:
+            raise SystemExit("rotate-now failed")
         k3srotd("status")
         print(f"\n   a token minted before the rotation still verifies: {server.review_token(token)['authenticated']}")
         print("\n   waiting out the 5 s grace-period ...", flush=True)

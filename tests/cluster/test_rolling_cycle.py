@@ -95,6 +95,9 @@ def test_direct_is_refused_with_more_than_one_server(cluster: Cluster) -> None:
     assert [n.server.pid for n in cluster] == pids
     assert a.server.datastore_kids() == datastore
     assert not (a.staging_dir / "server" / "tls" / "service.key").exists()
+    # the dry run says the same, from what this server knows of its cluster
+    dry = a.k3srotd("rotate-now", "--dry-run")
+    assert dry.returncode == 3 and "strategy direct is refused on a cluster of 3 servers" in dry.stderr, dry.stderr
 
 
 def test_daemons_alone_rotate_the_cluster_one_driver_per_step(cluster: Cluster) -> None:

@@ -154,3 +154,18 @@ def test_manual_steps_outside_the_window_are_refused_unless_ignore_window(node: 
             assert len(node.status()["keys"]) == 1
             node.ok("rollback", "--yes", "--ignore-window")
             assert len(node.status()["keys"]) == 2  # the pruned key is back
+
+
+def test_key_size_backup_keep_and_prune_dry_run(node: Node) -> None:
+    node.write_config(key_size=3072, backup_keep=2, grace_period="1s")
+    node.ok("rotate-now")  # publish + promote: two backups
+    st = node.status()
+    assert st["keys"][0]["bits"] == 3072 and st["keys"][1]["bits"] == 2048
+    time.sleep(1.1)
+    live, pid = node.live_bytes(), node.server.pid
+    dry = node.ok("prune", "--dry-run")
+    assert f"would prune {st['keys'][1]['kid']}" in dry.stdout and "nothing was written" in dry.stdout
+    assert node.live_bytes() == live and node.server.pid == pid
+    node.ok("prune")
+    backups = sorted((node.state_dir / "backups").iterdir())
+    assert len(backups) == 2 and [b.name.split("-", 1)[1] for b in backups] == ["promote.key", "prune.key"]

@@ -200,6 +200,25 @@ def test_sighup_mid_step_reloads_after_it_and_hooks_see_every_step(node: Node, t
     assert lines[1].split()[2] == signer
 
 
+def test_the_daemon_finishes_or_undoes_an_interrupted_step_before_ready(node: Node, tmp_path: Path) -> None:
+    signer = node.server.signer_kid()
+    crashed = node.k3srotd("rotate-now", env={"K3SROTD_TEST_CRASH_AT": "publish:uploaded"})
+    assert crashed.returncode == -signal.SIGKILL
+    assert "interrupted" in node.ok("status").stdout
+    notify = NotifySocket(tmp_path / "notify.sock")
+    proc = _run(node, notify)
+    try:
+        notify.wait_for("READY=1")
+        assert "interrupted" not in node.ok("status").stdout  # undone before READY
+        assert node.server.datastore_kids() == [signer] == node.server.jwks_kids()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 0, err
+    events = [json.loads(ln)["event"] for ln in err.splitlines() if ln.startswith("{")]
+    assert "resume.done" in events and events.index("resume.done") < events.index("daemon.status")
+
+
 def test_daemon_idles_on_a_node_that_is_not_a_k3s_server(node: Node, tmp_path: Path) -> None:
     agent = tmp_path / "agent"
     agent.mkdir()
