@@ -269,10 +269,12 @@ class Daemon:
             stopper[0].start()
 
         def shutdown() -> None:
-            # a SIGTERM can land before sched.start(): wait until it runs (run() does not start it once stop is set)
+            # A SIGTERM can land before sched.start(): wait until it runs (run() does not start it once stop is
+            # set). wait=False: APScheduler 3 waits for running jobs while it holds its job store lock, which a
+            # tick finishing then needs to schedule the next one; run() waits for the tick under way instead.
             while True:
                 try:
-                    sched.shutdown(wait=True)
+                    sched.shutdown(wait=False)
                     return
                 except SchedulerNotRunningError:
                     time.sleep(0.05)
@@ -305,7 +307,9 @@ class Daemon:
                 if not stop.is_set():
                     raise
             for t in stopper:
-                t.join()  # shutdown(wait=True): the step under way runs to its end
+                t.join()
+            with ticking:  # the step under way runs to its end (or its rollback)
+                pass
         self.log.info("daemon.stopped", msg="stopped")
         return 0
 
