@@ -55,14 +55,19 @@ class Node:
         e = subprocess_env(env or {})
         e.pop("INVOCATION_ID", None)
         e.pop("JOURNAL_STREAM", None)
-        proc = subprocess.run(
-            [sys.executable, "-m", "k3srotd", "--config", str(self.config), *args],
-            env=e,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "k3srotd", "--config", str(self.config), *args],
+                env=e,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as t:  # say what it was waiting for: the end of its log
+            err = t.stderr.decode(errors="replace") if isinstance(t.stderr, bytes) else (t.stderr or "")
+            what = f"k3srotd {' '.join(args)} still ran after {timeout}s"
+            raise AssertionError(f"{what}; its log ends:\n{err[-6000:]}") from None
         self.logs.append(proc.stderr)
         return proc
 
