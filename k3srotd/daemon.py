@@ -26,13 +26,14 @@ from k3srotd.durations import format_duration
 from k3srotd.errors import ConfigError, K3srotdError, LockHeld, RollbackFailed, SafetyRefusal, StepFailed
 from k3srotd.notify import Notifier, watchdog_interval
 from k3srotd.rolling import IDLE_POLL, Waiting
-from k3srotd.rollplan import node_name
+from k3srotd.rollplan import Book, node_name
 from k3srotd.state import ts
 
 RETRY_AFTER = dt.timedelta(hours=1)  # after a failed step
 LOCK_RETRY = dt.timedelta(minutes=1)  # another k3srotd (a manual command) holds the lock
 GATE_RETRY = dt.timedelta(minutes=5)  # a gate (public issuer, token metrics) said not yet
 IDLE_RETRY = dt.timedelta(minutes=10)  # not a K3s server (yet), or K3s not running
+CLUSTER_RETRY = dt.timedelta(seconds=30)  # the same, on a server of several
 
 
 class Daemon:
@@ -80,7 +81,7 @@ class Daemon:
         except (ConfigError, SafetyRefusal) as e:
             self.log.warning("daemon.idle", msg=f"idle: {e}")
             self._status(f"idle: {e}")
-            return now + IDLE_RETRY
+            return now + self._idle_retry()
         except StepFailed as e:
             self.retry_after = now + RETRY_AFTER
             self._status(f"last step failed ({e}); retry after {ts(self.retry_after)}")
@@ -88,11 +89,18 @@ class Daemon:
         except Exception as e:
             # Any step under way already finished or rolled back (its own handlers); the intent on disk is
             # finished or undone at the next tick, as after a crash.
-            self.log.exception("daemon.error", msg=f"unexpected error, trying again in {IDLE_RETRY}: {e!r}")
-            self._status(f"unexpected error ({type(e).__name__}: {e}); trying again after {ts(now + IDLE_RETRY)}")
-            return now + IDLE_RETRY
+            retry = self._idle_retry()
+            self.log.exception("daemon.error", msg=f"unexpected error, trying again in {format_duration(retry)}: {e!r}")
+            self._status(f"unexpected error ({type(e).__name__}: {e}); trying again after {ts(now + retry)}")
+            return now + retry
         finally:
             self._metrics()
+
+    def _idle_retry(self) -> dt.timedelta:
+        """How soon to look again after a refusal or an error: soon on a server known to be one of several (the
+        others may wait for its turn to restart), else IDLE_RETRY."""
+        known = Book(self.cfg.state_dir).load().get("servers") or []
+        return CLUSTER_RETRY if len(known) > 1 else IDLE_RETRY
 
     def _tick(self, now: dt.datetime, act: bool) -> dt.datetime:
         from k3srotd.observers import make_events

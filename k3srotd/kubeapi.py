@@ -19,6 +19,8 @@ from typing import Any, Optional
 
 from k3srotd.errors import ConfigError
 
+KUBECONFIG_RETRY = 3.0  # seconds a kubeconfig that K3s may be rewriting is read again
+
 
 class APIError(Exception):
     """The API answered with an error or could not be reached; str() is one line."""
@@ -51,25 +53,34 @@ class KubeAPI:
         import yaml
 
         path = Path(self.kubeconfig)
-        for attempt in range(10):  # K3s rewrites its kubeconfig in place at every start: a read may see half of it
-            why = "has no usable context/cluster/user"
+        # K3s rewrites its kubeconfig in place at every start: a read may see half of it, so a file that does not
+        # parse, or whose certificates do not load, is read again for up to KUBECONFIG_RETRY seconds
+        deadline = time.monotonic() + KUBECONFIG_RETRY
+        while True:
             try:
-                cfg = yaml.safe_load(path.read_text())
+                text = path.read_text()
             except OSError as e:
                 raise ConfigError(f"{path}: cannot read the kubeconfig ({e.strerror}); set kubeconfig") from None
-            except yaml.YAMLError:
-                cfg, why = None, "is not a valid kubeconfig (YAML)"
             try:
-                ctx_name = cfg.get("current-context") or cfg["contexts"][0]["name"]
-                context = next(c["context"] for c in cfg["contexts"] if c["name"] == ctx_name)
-                cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == context["cluster"])
-                user = next(u["user"] for u in cfg["users"] if u["name"] == context["user"])
-                break
-            except (KeyError, IndexError, StopIteration, TypeError, AttributeError):
-                pass
-            if attempt == 9:
+                cfg = yaml.safe_load(text)
+            except yaml.YAMLError:
+                why = "is not a valid kubeconfig (YAML)"
+            else:
+                try:
+                    return self._load(cfg, path)
+                except (KeyError, IndexError, StopIteration, TypeError, AttributeError):
+                    why = "has no usable context/cluster/user"
+                except (OSError, ValueError) as e:  # ssl.SSLError is an OSError; bad base64 a ValueError
+                    why = f"holds certificates or a key that do not load ({type(e).__name__})"
+            if time.monotonic() >= deadline:
                 raise ConfigError(f"{path}: {why}; set kubeconfig")
             time.sleep(0.1)
+
+    def _load(self, cfg: Any, path: Path) -> ssl.SSLContext:
+        ctx_name = cfg.get("current-context") or cfg["contexts"][0]["name"]
+        context = next(c["context"] for c in cfg["contexts"] if c["name"] == ctx_name)
+        cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == context["cluster"])
+        user = next(u["user"] for u in cfg["users"] if u["name"] == context["user"])
         ca = _data(cluster, "certificate-authority", path.parent)
         # the kubeconfig's CA alone, as kubectl trusts it (and ~20 ms less than loading the system's store too)
         ctx = ssl.create_default_context(cadata=ca.decode()) if ca else ssl.create_default_context()
