@@ -192,10 +192,7 @@ def test_a_driver_gone_for_good_does_not_block_the_cluster(cluster: Cluster) -> 
     lease ran out and every server runs the step, a follower commits it for the cluster and all adopt it."""
     a, b, c = cluster
     old = a.server.signer_kid()
-    for n in (b, c):
-        n.write_config(publish_wait="1h")
-        n.start_daemon()
-    wait_until("every daemon reports", lambda: _reported(cluster, "server-1", "server-2"))
+    _followers(cluster)
     killed = a.k3srotd("rotate-now", env={"K3SROTD_TEST_CRASH_AT": "publish:reported"})
     assert killed.returncode == -9, killed.stderr
     wait_until(
@@ -221,12 +218,9 @@ def test_a_driver_gone_for_good_does_not_block_the_cluster(cluster: Cluster) -> 
 def test_a_prune_waits_while_another_server_still_sees_old_tokens(cluster: Cluster) -> None:
     """Each kube-apiserver counts the stale tokens presented to it: the server that prunes asks every other
     server's k3srotd, and a counter that grew on any of them delays the prune."""
-    a, b, c = cluster
+    a, c = cluster[0], cluster[2]
     old = a.server.signer_kid()
-    for n in (b, c):
-        n.write_config(publish_wait="1h")
-        n.start_daemon()
-    wait_until("every daemon reports", lambda: _reported(cluster, "server-1", "server-2"))
+    _followers(cluster)
     a.ok("rotate-now", timeout=240)
     new = a.status()["signer_kid"]
     a.write_config(grace_period="1s")
@@ -241,6 +235,14 @@ def test_a_prune_waits_while_another_server_still_sees_old_tokens(cluster: Clust
     a.ok("prune", "--force", "--yes", timeout=240)
     for n in cluster:
         assert n.server.jwks_kids() == [new], n.name
+
+
+def _followers(cluster: Cluster) -> None:
+    """server-1 and server-2 run their daemons (which follow, and never promote on their own) and have reported."""
+    for n in cluster[1], cluster[2]:
+        n.write_config(publish_wait="1h")
+        n.start_daemon()
+    wait_until("every daemon reports", lambda: _reported(cluster, "server-1", "server-2"))
 
 
 def _awaiting(node: ClusterNode, name: str) -> str:
@@ -280,12 +282,9 @@ def _closed_port() -> int:
 def test_a_server_that_fails_its_check_rolls_the_whole_cluster_back(cluster: Cluster) -> None:
     """server-2's new signer mints tokens that do not verify (emulator fault bad_tokens): its token probe after
     the promote restart fails, it reports so, and the driver rolls the whole cluster back to the published set."""
-    a, b, c = cluster
+    a, c = cluster[0], cluster[2]
     old = a.server.signer_kid()
-    for n in (b, c):
-        n.write_config(publish_wait="1h")
-        n.start_daemon()
-    wait_until("every daemon reports", lambda: _reported(cluster, "server-1", "server-2"))
+    _followers(cluster)
     c.server.set_faults({"bad_tokens": {"not_kid": old}})  # spoils tokens once any other key signs on server-2
     proc = a.k3srotd("rotate-now", timeout=240)
     assert proc.returncode == 1, proc.stderr
@@ -319,10 +318,7 @@ def test_a_driver_killed_mid_step_finishes_or_undoes_it_on_the_next_run(cluster:
     take their turns once the lease ran out, and the next run on the driver verifies itself, waits and commits."""
     a, b, c = cluster
     old = a.server.signer_kid()
-    for n in (b, c):
-        n.write_config(publish_wait="1h")
-        n.start_daemon()
-    wait_until("every daemon reports", lambda: _reported(cluster, "server-1", "server-2"))
+    _followers(cluster)
     pids = {n.name: n.server.pid for n in (b, c)}
     killed = a.k3srotd("rotate-now", env={"K3SROTD_TEST_CRASH_AT": crash})
     assert killed.returncode == -9, killed.stderr
