@@ -307,7 +307,13 @@ class Follower:
             reports = {**reports, self.me: self._mine}
         if not orphaned(step, None, servers, reports, self.me, now):
             return False  # cheap first: no extra API call while the step is not done everywhere
-        if not orphaned(step, self.cluster.lease(STEP_LEASE), servers, reports, self.me, now):
+        lease = self.cluster.lease(STEP_LEASE)
+        published = Step.from_lease(lease)
+        # judged on the step the lease carries now, not the one read before: a driver that just committed and
+        # released its lease is not gone (and taking the lease then would make its next step wait)
+        if published is None or published.id != step.id:
+            return False
+        if not orphaned(published, lease, servers, reports, self.me, now):
             return False
         try:
             taken = self.cluster.acquire(STEP_LEASE)  # resourceVersion: one server wins

@@ -40,7 +40,7 @@ from k3srotd.cluster import ANN, RESTART_LEASE, STEP_LEASE, TOKENS_LEASE, Cluste
 from k3srotd.config import Config
 from k3srotd.errors import ConfigError, SafetyRefusal
 from k3srotd.files import sha256
-from k3srotd.follower import API_RETRY, IDLE_POLL, LOOK_SECONDS, TURN_POLL, Follower, Waiting
+from k3srotd.follower import API_RETRY, IDLE_POLL, LOOK_SECONDS, TURN_POLL, TURN_WAIT, Follower, Waiting
 from k3srotd.kubeapi import APIError
 from k3srotd.rollplan import Book, awaited, direct_refused, lease_seconds, node_name, out_of_step
 from k3srotd.state import Intent, State, ts
@@ -122,7 +122,7 @@ class Rolling(Follower):
     def begin(self, step: str) -> None:
         """Before the step's first side effect: take k3srotd-step; refuse (Waiting) unless the cluster is in step."""
         try:
-            self.cluster.acquire(STEP_LEASE)
+            self._acquire_step_lease()
             self.holding_step = True
             if step == "rollback":
                 return  # a human's rollback goes ahead; the servers catch up as they can
@@ -140,6 +140,19 @@ class Rolling(Follower):
             self._release(STEP_LEASE)
             self.holding_step = False
             raise Waiting(f"{step} waits: {reason}")
+
+    def _acquire_step_lease(self) -> None:
+        """Take k3srotd-step; in the foreground, wait a little for a holder that is about to let it go (a server
+        that just finished its step), rather than give up at once."""
+        limit = self.clock.monotonic() + (0.0 if self.background else TURN_WAIT)
+        while True:
+            try:
+                self.cluster.acquire(STEP_LEASE)
+                return
+            except Held:
+                if self.clock.monotonic() >= limit:
+                    raise
+                self.clock.sleep(TURN_POLL)
 
     def _publish(self, annotations: dict[str, str], release: bool) -> None:
         """Write the step's annotations on k3srotd-step (taking it back if it expired meanwhile)."""
