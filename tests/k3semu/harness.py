@@ -17,6 +17,7 @@ import atexit
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -52,10 +53,26 @@ def subprocess_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     return env
 
 
+PORT_BAND = 1500  # ports per pytest-xdist worker, below the kernel's ephemeral range (32768 and up)
+_next_port = [random.randrange(PORT_BAND)]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port for a test server. Not one the kernel hands out (bind to 0 gives a port any other
+    process's next outgoing connection, or another worker's server, may take before ours binds it), but one
+    from this worker's own band below the ephemeral range, checked free."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
+    base = 20000 + (int(worker) % 8 if worker.isdigit() else 0) * PORT_BAND
+    for _ in range(PORT_BAND):
+        port = base + _next_port[0] % PORT_BAND
+        _next_port[0] += 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise ServerError(f"no free port in {base}..{base + PORT_BAND - 1}")
 
 
 class ServerError(RuntimeError):
