@@ -86,6 +86,8 @@ class KubeAPI:
         ctx = ssl.create_default_context(cadata=ca.decode()) if ca else ssl.create_default_context()
         cert = _data(user, "client-certificate", path.parent)
         key = _data(user, "client-key", path.parent)
+        if not ((cert and key) or user.get("token")):
+            raise KeyError("client-certificate and client-key, or token")  # no credentials (yet): half written
         if cert and key:
             fd = os.memfd_create("k3srotd-client", 0)
             try:
