@@ -109,7 +109,7 @@ def rotate_now_dry_run(cfg: Config, skip_publish_wait: bool, clock: Optional[Clo
         if cfg.strategy == "direct":
             from k3srotd import rollplan
 
-            known = rollplan.Book(cfg.state_dir).load().get("servers") or []
+            known = rollplan.Book(cfg.state_dir).servers()
             if len(known) > 1:  # what rotate-now would say; the dry run asks the cluster nothing
                 raise rollplan.direct_refused(known)
             order = [new, *v.live.kids]

@@ -99,8 +99,7 @@ class Daemon:
     def _idle_retry(self) -> dt.timedelta:
         """How soon to look again after a refusal or an error: soon on a server known to be one of several (the
         others may wait for its turn to restart), else IDLE_RETRY."""
-        known = Book(self.cfg.state_dir).load().get("servers") or []
-        return CLUSTER_RETRY if len(known) > 1 else IDLE_RETRY
+        return CLUSTER_RETRY if len(Book(self.cfg.state_dir).servers()) > 1 else IDLE_RETRY
 
     def _tick(self, now: dt.datetime, act: bool) -> dt.datetime:
         from k3srotd.observers import make_events

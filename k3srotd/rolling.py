@@ -64,7 +64,7 @@ def attach(
     one of several, and must not act alone), or is known to be one of several."""
     me = node_name(cfg)
     book = Book(cfg.state_dir)
-    known = book.load().get("servers") or []
+    known = book.servers()
     cluster = Cluster(k3s.api(), me, clock, lease_seconds(cfg))
     try:
         servers = cluster.servers()
@@ -141,31 +141,29 @@ class Rolling(Follower):
             self.holding_step = False
             raise Waiting(f"{step} waits: {reason}")
 
-    def _acquire_step_lease(self) -> None:
-        """Take k3srotd-step; in the foreground, wait a little for a holder that is about to let it go (a server
-        that just finished its step), rather than give up at once."""
-        limit = self.clock.monotonic() + (0.0 if self.background else TURN_WAIT)
+    def _acquire_step_lease(self, annotations: Optional[dict[str, str]] = None, wait: Optional[float] = None) -> None:
+        """Take k3srotd-step (merging `annotations` in), retrying while another server holds it for up to `wait`
+        seconds; by default, in the foreground, a little: a holder that just finished its step lets it go."""
+        if wait is None:
+            wait = 0.0 if self.background else TURN_WAIT
+        limit = self.clock.monotonic() + wait
         while True:
             try:
-                self.cluster.acquire(STEP_LEASE)
+                self.cluster.acquire(STEP_LEASE, annotations)
                 return
             except Held:
                 if self.clock.monotonic() >= limit:
                     raise
                 self.clock.sleep(TURN_POLL)
 
+    def _new_id(self) -> str:
+        """Unique across the cluster and readable: when, by whom."""
+        return f"{self.clock.now().strftime('%Y%m%dT%H%M%SZ')}-{self.me}-{uuid.uuid4().hex[:6]}"
+
     def _publish(self, annotations: dict[str, str], release: bool) -> None:
         """Write the step's annotations on k3srotd-step (taking it back if it expired meanwhile)."""
-        limit = self.clock.monotonic() + lease_seconds(self.cfg)
-        while True:
-            try:
-                self.cluster.acquire(STEP_LEASE, annotations)
-                self.holding_step = True
-                break
-            except Held:
-                if self.clock.monotonic() >= limit:
-                    raise
-                self.clock.sleep(TURN_POLL)
+        self._acquire_step_lease(annotations, wait=lease_seconds(self.cfg))
+        self.holding_step = True
         if release:
             self.cluster.release(STEP_LEASE)
             self.holding_step = False
@@ -177,7 +175,7 @@ class Rolling(Follower):
         from k3srotd.steps import VerifyFailed
 
         intent = ex._intent()
-        sid = f"{step}-{self.clock.now().strftime('%Y%m%dT%H%M%SZ')}-{self.me}-{uuid.uuid4().hex[:6]}"
+        sid = f"{step}-{self._new_id()}"
         pub = Step(
             id=sid,
             step=step,
@@ -333,9 +331,8 @@ class Rolling(Follower):
         try:
             cid, asked = self._token_check_id(now)
             while True:
-                leases = self.cluster.leases()
-                reports = Cluster.reports(leases)
-                others = [s.name for s in self.cluster.servers() if s.name != self.me]
+                servers, _, reports = self._picture()
+                others = [s.name for s in servers if s.name != self.me]
                 missing = [n for n in others if n not in reports or reports[n].tokens_check != cid]
                 grew = [f"{n}: {reports[n].tokens}" for n in others if n not in missing and reports[n].tokens != "ok"]
                 if grew:
@@ -356,7 +353,7 @@ class Rolling(Follower):
         asked = parse_time(lease.ann("check-at")) if lease is not None else None
         if lease is not None and lease.ann("check-id") and asked is not None and now - asked < CHECK_FRESH:
             return lease.ann("check-id"), asked
-        cid = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{self.me}-{uuid.uuid4().hex[:6]}"
+        cid = self._new_id()
         try:
             self.cluster.acquire(TOKENS_LEASE, {ANN + "check-id": cid, ANN + "check-at": micro(now)})
             self.cluster.release(TOKENS_LEASE)

@@ -169,6 +169,11 @@ class Book:
             return {}
         return data if isinstance(data, dict) else {}
 
+    def servers(self) -> list[str]:
+        """The control-plane Nodes this server last saw; more than one means it is one of several."""
+        known = self.load().get("servers") or []
+        return [str(n) for n in known] if isinstance(known, list) else []
+
     def update(self, **changes: Any) -> dict[str, Any]:
         data = self.load()
         new = {**data, **changes}
@@ -202,7 +207,7 @@ def shown_state(state_dir: str, state: State) -> State:
 # --- status
 def status(cfg: Config, clock: Clock) -> tuple[list[tuple[str, str]], list[str]]:
     """Rows and a server table for `status`, when this server knows it is one of several (no API call otherwise)."""
-    known = Book(cfg.state_dir).load().get("servers") or []
+    known = Book(cfg.state_dir).servers()
     if len(known) <= 1:
         return [], []
     from k3srotd.kubeapi import KubeAPI
