@@ -79,9 +79,12 @@ def bench_startup() -> None:
 
 def bench_step() -> None:
     """The engine's own time in a step: all but rotate-ca, the restart and its wait, and key generation."""
-    from k3srotd import commands, config, keys, logs
-    from k3srotd.k3s import K3s
-    from k3srotd.steps import Executor
+    from k3srotd import config
+    from k3srotd.commands import manual as commands
+    from k3srotd.core import keys
+    from k3srotd.engine.executor import Executor
+    from k3srotd.node.k3s import K3s
+    from k3srotd.output import logs
 
     outside = {"t": 0.0}
 
@@ -119,7 +122,7 @@ def bench_keys() -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    from k3srotd import keys
+    from k3srotd.core import keys
 
     # 1,000 distinct RSA keys (1024 bits to make them in seconds; parsing cost per key is alike)
     blocks = []

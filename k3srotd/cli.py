@@ -36,7 +36,7 @@ class Ctx:
         return self._cfg
 
     def logger(self) -> Any:
-        from k3srotd import logs
+        from k3srotd.output import logs
 
         return logs.configure(self.log_format or self.cfg.log_format)
 
@@ -79,7 +79,7 @@ def _progress(log: Any) -> Any:
 
 
 def _events(obj: Ctx, log: Any) -> Any:
-    from k3srotd.observers import make_events
+    from k3srotd.output.observers import make_events
 
     return make_events(obj.cfg, log)
 
@@ -94,7 +94,7 @@ def rotate_now(obj: Ctx, dry_run: bool, skip_publish_wait: bool, ignore_window: 
 
     Continues a rotation already under way.
     """
-    from k3srotd import commands
+    from k3srotd.commands import manual as commands
 
     if dry_run:
         commands.rotate_now_dry_run(obj.cfg, skip_publish_wait)
@@ -111,7 +111,7 @@ def rotate_now(obj: Ctx, dry_run: bool, skip_publish_wait: bool, ignore_window: 
 @click.pass_obj
 def prune(obj: Ctx, dry_run: bool, force: bool, yes: bool, ignore_window: bool) -> None:
     """Drop retired keys whose grace-period has passed."""
-    from k3srotd import commands
+    from k3srotd.commands import manual as commands
 
     if dry_run:
         commands.prune_dry_run(obj.cfg, force)
@@ -126,7 +126,7 @@ def prune(obj: Ctx, dry_run: bool, force: bool, yes: bool, ignore_window: bool) 
 @click.pass_obj
 def rollback(obj: Ctx, yes: bool, ignore_window: bool) -> None:
     """Put back the key set that was live before the last completed step."""
-    from k3srotd import commands
+    from k3srotd.commands import manual as commands
 
     log = obj.logger()
     commands.rollback(obj.cfg, log, _events(obj, log), _progress(log), yes, ignore_window, _confirm)
@@ -137,7 +137,7 @@ def rollback(obj: Ctx, yes: bool, ignore_window: bool) -> None:
 @click.pass_obj
 def status(obj: Ctx, as_json: bool) -> None:
     """Keys, roles, phase, and what happens next and when."""
-    from k3srotd import status as st
+    from k3srotd.commands import status as st
 
     click.echo(st.render(obj.cfg, as_json), nl=False)
 
@@ -146,7 +146,7 @@ def status(obj: Ctx, as_json: bool) -> None:
 @click.pass_obj
 def doctor(obj: Ctx) -> None:
     """Preflight checks, one PASS/WARN/FAIL line each; exit 0 when nothing FAILs."""
-    from k3srotd import doctor as dr
+    from k3srotd.commands import doctor as dr
 
     lines, failed = dr.run(obj.cfg)
     for line in lines:
@@ -159,7 +159,7 @@ def doctor(obj: Ctx) -> None:
 @click.pass_obj
 def run(obj: Ctx) -> None:
     """The daemon: schedules and drives rotations and prunes; resumes an interrupted step at start."""
-    from k3srotd import daemon
+    from k3srotd.daemon import service as daemon
 
     sys.exit(daemon.main(obj.config_path, obj.log_format))
 

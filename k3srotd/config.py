@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from k3srotd.durations import parse_duration
+from k3srotd.core.durations import parse_duration
 from k3srotd.errors import ConfigError
 
 DEFAULT_CONFIG = "/etc/k3srotd/config.yaml"
@@ -168,7 +168,7 @@ def _count(v: Any) -> int:
 def _window(v: Any) -> Any:
     if v is None:
         return None
-    from k3srotd.window import MaintenanceWindow
+    from k3srotd.core.window import MaintenanceWindow
 
     return MaintenanceWindow.parse(v)
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, os.environ.get("K3SROTD_SRC", "/src"))
 
-from k3srotd import hooks, logs, metrics, notify
+from k3srotd.output import hooks, logs, metrics, notify
 
 log = logs.configure("auto")
 notifier = notify.Notifier.from_env()
@@ -71,7 +71,7 @@ def restart_k3s() -> str:
 
 
 def find_k3s_server() -> str:
-    from k3srotd.k3s import server_processes
+    from k3srotd.node.k3s import server_processes
 
     found = server_processes("k3s")
     if not found:

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from k3srotd import hooks as hooks_module
-from k3srotd.hooks import OUTPUT_LIMIT, run_hooks
+from k3srotd.output import hooks as hooks_module
+from k3srotd.output.hooks import OUTPUT_LIMIT, run_hooks
 
 KIDS = ["kidB", "kidA"]
 

@@ -17,8 +17,8 @@ from typing import Iterator
 
 import pytest
 
-from k3srotd import logs
-from k3srotd.journal import JournalSocket, encode, field_name
+from k3srotd.output import logs
+from k3srotd.output.journal import JournalSocket, encode, field_name
 
 PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\n-----END RSA PRIVATE KEY-----\n"
 
@@ -305,7 +305,8 @@ def test_journal_socket_errors_other_than_size_are_raised(tmp_path: Path) -> Non
 def test_importing_the_daemon_modules_does_not_import_structlog() -> None:
     code = (
         "import sys\n"
-        "import k3srotd.logs, k3srotd.journal, k3srotd.notify, k3srotd.window, k3srotd.metrics, k3srotd.hooks\n"
+        "import k3srotd.output.logs, k3srotd.output.journal, k3srotd.output.notify, k3srotd.core.window\n"
+        "import k3srotd.output.metrics, k3srotd.output.hooks\n"
         "print(sorted(m for m in ('structlog', 'yaml', 'prometheus_client') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -318,7 +319,7 @@ def test_auto_on_a_console_also_records_to_the_journal(tmp_path) -> None:  # typ
     import io
     import socket as _socket
 
-    from k3srotd import logs as _logs
+    from k3srotd.output import logs as _logs
 
     path = tmp_path / "journal.sock"
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)

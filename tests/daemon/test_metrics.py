@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from k3srotd.metrics import MetricsSnapshot, render, write_metrics
+from k3srotd.output.metrics import MetricsSnapshot, render, write_metrics
 
 parser = pytest.importorskip("prometheus_client.parser", reason="prometheus-client is in the test extras")
 

@@ -12,7 +12,7 @@ from typing import Iterator, Optional
 
 import pytest
 
-from k3srotd.notify import Notifier, child_environ, watchdog_interval
+from k3srotd.output.notify import Notifier, child_environ, watchdog_interval
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from k3srotd.core.window import MaintenanceWindow, is_open, next_open
 from k3srotd.errors import ConfigError
-from k3srotd.window import MaintenanceWindow, is_open, next_open
 
 if not Path("/usr/share/zoneinfo/Europe/Berlin").exists():  # pragma: no cover
     pytest.skip("needs the system time zone database (tzdata)", allow_module_level=True)

@@ -18,9 +18,10 @@ import pytest
 from k3semu.harness import subprocess_env
 from k3srotd_node import Node
 
-from k3srotd import config, logs
-from k3srotd.clock import FakeClock
-from k3srotd.daemon import Daemon
+from k3srotd import config
+from k3srotd.core.clock import FakeClock
+from k3srotd.daemon.service import Daemon
+from k3srotd.output import logs
 
 
 @pytest.mark.slow

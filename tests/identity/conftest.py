@@ -11,7 +11,7 @@ from idnode import IdNode
 from k3semu.harness import EmulatedServer
 from oidc_issuer import IssuerServer, TestCA
 
-from k3srotd import issuer as k3srotd_issuer
+from k3srotd.identity import issuer as k3srotd_issuer
 
 PROXY_VARS = (
     "http_proxy",

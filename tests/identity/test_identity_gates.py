@@ -12,9 +12,9 @@ from typing import Any, Optional
 import pytest
 from oidc_issuer import IssuerServer, TestCA
 
-from k3srotd import gates
 from k3srotd.config import Config, K3sSettings
 from k3srotd.errors import ConfigError
+from k3srotd.identity import gates
 
 T0 = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 PUBLIC = "https://oidc.example.net/tenant/cluster"
@@ -157,7 +157,7 @@ class DownAPI:
     server_url = "https://127.0.0.1:1"
 
     def request(self, method: str, path: str, body: object = None) -> tuple[int, bytes]:
-        from k3srotd.kubeapi import APIError
+        from k3srotd.node.kubeapi import APIError
 
         raise APIError(f"{self.server_url}{path}: ConnectionRefusedError: [Errno 111] Connection refused")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from oidc_issuer import ConnectProxy, IssuerServer, TestCA
 
-from k3srotd import issuer
+from k3srotd.identity import issuer
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
 JWKS = {"keys": [{"kty": "RSA", "kid": "kid-a", "n": "AQAB", "e": "AQAB", "use": "sig"}]}

@@ -9,7 +9,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from k3semu import jwt as emu_jwt
 from k3semu import keys as emu_keys
 
-from k3srotd import keys, probe
+from k3srotd.core import keys
+from k3srotd.identity import probe
 
 CLAIMS = emu_jwt.service_account_claims("https://issuer.example", "kube-system", "k3srotd-probe", ["k3s"], 600)
 

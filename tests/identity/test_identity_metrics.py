@@ -9,7 +9,7 @@ from typing import Optional
 
 import pytest
 
-from k3srotd import tokenmetrics as tm
+from k3srotd.identity import tokenmetrics as tm
 
 T0 = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 STALE, LEGACY = tm.STALE, tm.LEGACY[0]

@@ -13,12 +13,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from k3srotd import keys
-from k3srotd.clock import FakeClock
 from k3srotd.config import Config
-from k3srotd.k3s import K3s
-from k3srotd.probe import TokenProbe
-from k3srotd.steps import VerifyFailed
+from k3srotd.core import keys
+from k3srotd.core.clock import FakeClock
+from k3srotd.engine.executor import VerifyFailed
+from k3srotd.identity.probe import TokenProbe
+from k3srotd.node.k3s import K3s
 
 T0 = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from k3srotd.errors import ConfigError
-from k3srotd.kubeapi import KubeAPI
+from k3srotd.node.kubeapi import KubeAPI
 
 
 @pytest.mark.parametrize("cut", [0, 0.5, 0.9])  # empty, half the YAML, a key cut short

@@ -25,7 +25,7 @@ LIBS = {
     "click": "python3-click",
     "yaml": "python3-yaml",
 }
-DAEMON_MISSING = not (REPO / "k3srotd/daemon.py").exists()
+DAEMON_MISSING = not (REPO / "k3srotd/daemon/service.py").exists()
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_systemd_knows_the_unit_enabled(debian: container.Container, installed: 
     assert starts, "postinst did not start k3srotd.service"
 
 
-@pytest.mark.skipif(DAEMON_MISSING, reason="the daemon (k3srotd/daemon.py, `k3srotd run`) is not written yet")
+@pytest.mark.skipif(DAEMON_MISSING, reason="the daemon (k3srotd/daemon/service.py, `k3srotd run`) is not written yet")
 def test_on_a_node_without_k3s_the_daemon_idles_and_says_why(debian: container.Container, installed: str) -> None:
     def settled() -> dict[str, str] | None:
         props = debian.show("k3srotd", "ActiveState", "SubState", "StatusText", "NRestarts")

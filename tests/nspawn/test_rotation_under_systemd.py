@@ -18,7 +18,7 @@ from nspawn.packages import REPO, VERSION, Packages
 
 EMULATOR = REPO / "tests/k3semu"
 EMULATOR_MISSING = not ((EMULATOR / "bin/k3s").exists() and (EMULATOR / "k3s.service").exists())
-DAEMON_MISSING = not (REPO / "k3srotd/daemon.py").exists()
+DAEMON_MISSING = not (REPO / "k3srotd/daemon/service.py").exists()
 UNIT_STARTED = "39f53479d3a045ac8e11786248231fbf"  # systemd's MESSAGE_ID for "unit started"
 STEP_EVENTS = ("publish.done", "promote.done", "prune.done", "rollback.done", "step.failed")
 
@@ -27,7 +27,7 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(EMULATOR_MISSING, reason="the K3s emulator (tests/k3semu/bin/k3s, k3s.service) is missing"),
 ]
-needs_daemon = pytest.mark.skipif(DAEMON_MISSING, reason="the daemon (k3srotd/daemon.py) is not written yet")
+needs_daemon = pytest.mark.skipif(DAEMON_MISSING, reason="the daemon (k3srotd/daemon/service.py) is not written yet")
 
 
 def free_port() -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from k3srotd import config
-from k3srotd.durations import format_duration, parse_duration
+from k3srotd.core.durations import format_duration, parse_duration
 from k3srotd.errors import ConfigError
 
 

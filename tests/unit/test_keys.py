@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from k3srotd import keys
+from k3srotd.core import keys
 
 
 def _rsa_pkcs1() -> tuple[bytes, object]:

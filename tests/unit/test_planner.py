@@ -10,9 +10,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from k3srotd import keys, planner
-from k3srotd.state import KeyRecord, State
-from k3srotd.window import MaintenanceWindow
+from k3srotd.core import keys, planner
+from k3srotd.core.model import KeyRecord, State
+from k3srotd.core.window import MaintenanceWindow
 
 UTC = dt.timezone.utc
 

@@ -12,9 +12,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from k3srotd import keys, planner, schedule
-from k3srotd.state import State
-from k3srotd.window import MaintenanceWindow
+from k3srotd.core import keys, planner, schedule
+from k3srotd.core.model import State
+from k3srotd.core.window import MaintenanceWindow
 
 UTC = dt.timezone.utc
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -12,10 +12,10 @@ import datetime as dt
 import hashlib
 from typing import TYPE_CHECKING, Any, Optional
 
-from k3srotd import planner
+from k3srotd.core import planner
 
 if TYPE_CHECKING:
-    from k3srotd.window import MaintenanceWindow
+    from k3srotd.core.window import MaintenanceWindow
 
 # look at the live file at least this often: an operator may change it, or run a step by hand, and STATUS and the
 # metrics should say so soon (an idle look costs about a millisecond)

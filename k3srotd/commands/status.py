@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from k3srotd import engine
-from k3srotd.clock import Clock
 from k3srotd.config import Config
-from k3srotd.durations import format_duration
-from k3srotd.state import ts
+from k3srotd.core.clock import Clock
+from k3srotd.core.durations import format_duration
+from k3srotd.core.model import ts
+from k3srotd.engine import session as engine
 
 
 def snapshot(cfg: Config, clock: Optional[Clock] = None) -> dict[str, Any]:
@@ -90,7 +90,7 @@ def render(cfg: Config, as_json: bool, clock: Optional[Clock] = None) -> str:
     rows.extend(_identity_rows(cfg, v))
     servers: list[str] = []
     if (Path(cfg.state_dir) / "cluster.json").exists():  # multi-server (rollplan.BOOK): every server, the leases
-        from k3srotd import rollplan
+        from k3srotd.cluster import rollplan
 
         cluster_rows, servers = rollplan.status(cfg, clock or Clock())
         rows.extend(cluster_rows)
@@ -115,7 +115,8 @@ def render(cfg: Config, as_json: bool, clock: Optional[Clock] = None) -> str:
 
 def _identity_rows(cfg: Config, v: engine.View) -> list[tuple[str, str]]:
     """What promote or prune awaits and since when, the public issuer, the token settings (see gates.py)."""
-    from k3srotd import gates, planner
+    from k3srotd.core import planner
+    from k3srotd.identity import gates
 
     pending = v.state.pending if v.phase == planner.PUBLISHED else None
     return gates.status_rows(cfg, pending, [kid for kid, _ in planner.retired(v.state, v.live)])

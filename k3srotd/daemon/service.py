@@ -20,14 +20,16 @@ import time
 from typing import Any, Optional
 
 from k3srotd import config as config_mod
-from k3srotd import engine, logs, planner, schedule
-from k3srotd.clock import Clock
-from k3srotd.durations import format_duration
+from k3srotd.cluster.driver import IDLE_POLL, Waiting
+from k3srotd.cluster.rollplan import Book, node_name
+from k3srotd.core import planner, schedule
+from k3srotd.core.clock import Clock
+from k3srotd.core.durations import format_duration
+from k3srotd.core.model import ts
+from k3srotd.engine import session as engine
 from k3srotd.errors import ConfigError, K3srotdError, LockHeld, RollbackFailed, SafetyRefusal, StepFailed
-from k3srotd.notify import Notifier, watchdog_interval
-from k3srotd.rolling import IDLE_POLL, Waiting
-from k3srotd.rollplan import Book, node_name
-from k3srotd.state import ts
+from k3srotd.output import logs
+from k3srotd.output.notify import Notifier, watchdog_interval
 
 RETRY_AFTER = dt.timedelta(hours=1)  # after a failed step
 LOCK_RETRY = dt.timedelta(minutes=1)  # another k3srotd (a manual command) holds the lock
@@ -102,7 +104,7 @@ class Daemon:
         return CLUSTER_RETRY if len(Book(self.cfg.state_dir).servers()) > 1 else IDLE_RETRY
 
     def _tick(self, now: dt.datetime, act: bool) -> dt.datetime:
-        from k3srotd.observers import make_events
+        from k3srotd.output.observers import make_events
 
         events = make_events(self.cfg, self.log, self.clock)
         with engine.Session(
@@ -177,7 +179,7 @@ class Daemon:
         self.notifier.status(text)
 
     def _metrics(self) -> None:
-        from k3srotd.observers import write_metrics
+        from k3srotd.output.observers import write_metrics
 
         try:
             write_metrics(self.cfg, self.log, self.clock)

@@ -34,21 +34,21 @@ import json
 import uuid
 from typing import TYPE_CHECKING, Any, Optional
 
-from k3srotd import keys
-from k3srotd.clock import Clock
-from k3srotd.cluster import ANN, RESTART_LEASE, STEP_LEASE, TOKENS_LEASE, Cluster, Held, Step, micro, parse_time
+from k3srotd.cluster.follower import API_RETRY, IDLE_POLL, LOOK_SECONDS, TURN_POLL, TURN_WAIT, Follower, Waiting
+from k3srotd.cluster.leases import ANN, RESTART_LEASE, STEP_LEASE, TOKENS_LEASE, Cluster, Held, Step, micro, parse_time
+from k3srotd.cluster.rollplan import Book, awaited, direct_refused, lease_seconds, node_name, out_of_step
 from k3srotd.config import Config
+from k3srotd.core import keys
+from k3srotd.core.clock import Clock
+from k3srotd.core.model import Intent, State, ts
 from k3srotd.errors import ConfigError, SafetyRefusal
-from k3srotd.files import sha256
-from k3srotd.follower import API_RETRY, IDLE_POLL, LOOK_SECONDS, TURN_POLL, TURN_WAIT, Follower, Waiting
-from k3srotd.kubeapi import APIError
-from k3srotd.rollplan import Book, awaited, direct_refused, lease_seconds, node_name, out_of_step
-from k3srotd.state import Intent, State, ts
+from k3srotd.node.files import sha256
+from k3srotd.node.kubeapi import APIError
 
 if TYPE_CHECKING:
-    from k3srotd.engine import Session
-    from k3srotd.k3s import K3s, ServerProcess
-    from k3srotd.steps import Executor
+    from k3srotd.engine.executor import Executor
+    from k3srotd.engine.session import Session
+    from k3srotd.node.k3s import K3s, ServerProcess
 
 __all__ = ["IDLE_POLL", "Rolling", "Waiting", "attach"]
 
@@ -172,7 +172,7 @@ class Rolling(Follower):
         self, ex: Executor, step: str, target: keys.KeyFile, staged: bytes, old: Optional[ServerProcess]
     ) -> None:
         """After rotate-ca: publish the step, restart here in turn, then (unless rolling back) await every server."""
-        from k3srotd.steps import VerifyFailed
+        from k3srotd.engine.executor import VerifyFailed
 
         intent = ex._intent()
         sid = f"{step}-{self._new_id()}"
@@ -212,7 +212,7 @@ class Rolling(Follower):
     def _own_turn(
         self, ex: Executor, step: Step, target: keys.KeyFile, staged: bytes, old: Optional[ServerProcess]
     ) -> None:
-        from k3srotd.steps import VerifyFailed, checkpoint
+        from k3srotd.engine.executor import VerifyFailed, checkpoint
 
         self._take_restart_lease(f"{self.me}'s restart onto {step.step} ({step.id})", None)
         try:
@@ -230,7 +230,7 @@ class Rolling(Follower):
 
     def await_all(self, step: Step) -> None:
         """Until every server reports the step. VerifyFailed when one failed it; Waiting in the background."""
-        from k3srotd.steps import VerifyFailed
+        from k3srotd.engine.executor import VerifyFailed
 
         start = self.clock.monotonic()
         while True:
@@ -289,7 +289,7 @@ class Rolling(Follower):
     def resume(self, ex: Executor, intent: Intent) -> Optional[str]:
         """An interrupted step this server published: finish its part and wait for the others, or None when it
         was never published (the executor's own resume applies)."""
-        from k3srotd.steps import VerifyFailed
+        from k3srotd.engine.executor import VerifyFailed
 
         sid = self.book.load().get("driving")
         try:

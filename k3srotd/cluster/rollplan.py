@@ -13,12 +13,13 @@ import socket
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from k3srotd.clock import Clock
-from k3srotd.cluster import RESTART_LEASE, STEP_LEASE, Cluster, Lease, Report, Server, Step
+from k3srotd.cluster.leases import RESTART_LEASE, STEP_LEASE, Cluster, Lease, Report, Server, Step
 from k3srotd.config import Config
+from k3srotd.core.clock import Clock
+from k3srotd.core.model import State, parse_ts, ts
 from k3srotd.errors import ConfigError, SafetyRefusal
-from k3srotd.kubeapi import APIError
-from k3srotd.state import State, ensure_private_dir, parse_ts, ts, write_atomic
+from k3srotd.node.kubeapi import APIError
+from k3srotd.node.store import ensure_private_dir, write_atomic
 
 LEASE_ENV = "K3SROTD_TEST_LEASE_SECONDS"  # test hook: a short lease duration
 BOOK = "cluster.json"
@@ -187,7 +188,7 @@ def shown_state(state_dir: str, state: State) -> State:
     """The state as `status` and the metrics show it while a step rolls out: as it will commit. The driver has its
     intent (stage rolling); a follower that restarted onto the published set has `following` in its book until
     it adopts the driver's committed state."""
-    from k3srotd import planner
+    from k3srotd.core import planner
 
     intent = state.intent
     if intent is not None and intent.stage == "rolling":
@@ -210,7 +211,7 @@ def status(cfg: Config, clock: Clock) -> tuple[list[tuple[str, str]], list[str]]
     known = Book(cfg.state_dir).servers()
     if len(known) <= 1:
         return [], []
-    from k3srotd.kubeapi import KubeAPI
+    from k3srotd.node.kubeapi import KubeAPI
 
     me = node_name(cfg)
     cluster = Cluster(KubeAPI(cfg.kubeconfig, cfg.k3s_server_url, timeout=5.0), me, clock, lease_seconds(cfg))
@@ -257,7 +258,7 @@ def status(cfg: Config, clock: Clock) -> tuple[list[tuple[str, str]], list[str]]
 
 
 def _ago(delta: dt.timedelta) -> str:
-    from k3srotd.durations import format_duration
+    from k3srotd.core.durations import format_duration
 
     return f"{format_duration(max(delta, dt.timedelta(0)))} ago"
 

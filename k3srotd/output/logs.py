@@ -42,7 +42,7 @@ import threading
 import traceback
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, MutableMapping, Optional, Protocol, TextIO
 
-from k3srotd.journal import JOURNAL_SOCKET, JournalSocket, field_name
+from k3srotd.output.journal import JOURNAL_SOCKET, JournalSocket, field_name
 
 if TYPE_CHECKING:
     from structlog.types import FilteringBoundLogger

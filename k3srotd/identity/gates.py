@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence
 
 from k3srotd.config import Config
-from k3srotd.durations import format_duration
+from k3srotd.core.durations import format_duration
+from k3srotd.core.keys import KeyFile
+from k3srotd.core.model import parse_ts, ts
 from k3srotd.errors import ConfigError, K3srotdError
-from k3srotd.keys import KeyFile
-from k3srotd.state import ensure_private_dir, parse_ts, ts, write_atomic
+from k3srotd.node.store import ensure_private_dir, write_atomic
 
 BOOK = "gates.json"
 
@@ -109,7 +110,7 @@ def _issuer_verdict(
     url: str, kid: str, entry: dict[str, Any], now: dt.datetime
 ) -> tuple[Optional[str], str, dict[str, Any]]:
     """(what is awaited or None, its kind, what to remember)."""
-    from k3srotd import issuer  # imported where used: `status` needs neither
+    from k3srotd.identity import issuer  # imported where used: `status` needs neither
 
     try:
         pub = issuer.public_keys(url, now)
@@ -197,7 +198,7 @@ def token_counters_verdict(cfg: Config, k3s: Any, now: dt.datetime) -> Optional[
 
 
 def _counters_verdict(cfg: Config, k3s: Any, drop: Sequence[str], now: dt.datetime, save: bool) -> Optional[str]:
-    from k3srotd import tokenmetrics  # imported where used: `status` needs neither
+    from k3srotd.identity import tokenmetrics  # imported where used: `status` needs neither
 
     try:
         reading = tokenmetrics.read(k3s.api(), now)
@@ -260,8 +261,8 @@ class MetricsReader:
         self.cfg, self.k3s, self.log = cfg, k3s, log
 
     def _read(self, step: str) -> None:
-        from k3srotd import tokenmetrics  # imported where used: `status` needs neither
-        from k3srotd.clock import Clock
+        from k3srotd.core.clock import Clock
+        from k3srotd.identity import tokenmetrics  # imported where used: `status` needs neither
 
         try:
             record_token_metrics(self.cfg, self.k3s, Clock().now())
@@ -277,7 +278,7 @@ class MetricsReader:
 
 def record_token_metrics(cfg: Config, k3s: Any, now: dt.datetime) -> None:
     """Keep one reading of the token counters (the daemon may call this now and then for finer history)."""
-    from k3srotd import tokenmetrics  # imported where used: `status` needs neither
+    from k3srotd.identity import tokenmetrics  # imported where used: `status` needs neither
 
     reading = tokenmetrics.read(k3s.api(), now)
     tokenmetrics.History(cfg.state_dir).add(reading, keep_after=now - cfg.grace_period)
@@ -286,7 +287,7 @@ def record_token_metrics(cfg: Config, k3s: Any, now: dt.datetime) -> None:
 def step_checks(cfg: Config, k3s: Any, log: Any) -> list[StepCheck]:
     checks: list[StepCheck] = []
     if cfg.verify_api and cfg.verify_tokens:
-        from k3srotd.probe import TokenProbe
+        from k3srotd.identity.probe import TokenProbe
 
         checks.append(TokenProbe(cfg, k3s, log))
     if cfg.verify_api and cfg.prune_token_metrics:
@@ -323,12 +324,12 @@ Check = tuple[str, str]
 
 
 def doctor_checks(cfg: Config, k3s: Any) -> list[Callable[[], Check]]:
-    from k3srotd.clock import Clock
+    from k3srotd.core.clock import Clock
 
     seen: dict[str, Any] = {}
 
     def public_issuer() -> Check:
-        from k3srotd import issuer  # imported where used: `status` needs neither
+        from k3srotd.identity import issuer  # imported where used: `status` needs neither
 
         try:
             url = issuer_url(cfg)
@@ -345,7 +346,7 @@ def doctor_checks(cfg: Config, k3s: Any) -> list[Callable[[], Check]]:
         return "PASS", f"public issuer: {url} reachable, its JWKS lists {len(pub.kids)} key(s){age}"
 
     def consistent() -> Check:
-        from k3srotd.kubeapi import APIError
+        from k3srotd.node.kubeapi import APIError
 
         pub = seen.get("pub")
         if pub is None:

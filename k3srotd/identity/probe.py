@@ -18,12 +18,12 @@ import binascii
 import json
 from typing import Any, Optional
 
-from k3srotd import keys
-from k3srotd.clock import Clock
 from k3srotd.config import Config
+from k3srotd.core import keys
+from k3srotd.core.clock import Clock
+from k3srotd.engine.executor import VerifyFailed
 from k3srotd.errors import K3srotdError
-from k3srotd.kubeapi import APIError
-from k3srotd.steps import VerifyFailed
+from k3srotd.node.kubeapi import APIError
 
 NAMESPACE = "kube-system"
 NAME = "k3srotd-probe"

@@ -9,16 +9,17 @@ import datetime as dt
 import os
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from k3srotd import keys, planner
-from k3srotd.clock import Clock
 from k3srotd.config import Config
+from k3srotd.core import keys, planner
+from k3srotd.core.clock import Clock
+from k3srotd.core.model import State
 from k3srotd.errors import ConfigError, SafetyRefusal
-from k3srotd.k3s import K3s
-from k3srotd.lock import Lock
-from k3srotd.state import State, Store
+from k3srotd.node.k3s import K3s
+from k3srotd.node.lock import Lock
+from k3srotd.node.store import Store
 
 if TYPE_CHECKING:  # the executor is imported by the commands that act, not by `status`
-    from k3srotd.steps import Events, Executor, Progress
+    from k3srotd.engine.executor import Events, Executor, Progress
 
 
 @dataclasses.dataclass
@@ -48,7 +49,7 @@ def view(cfg: Config, clock: Clock, k3s: Optional[K3s] = None) -> View:
     mtime = k3s.live_mtime()
     state = _load_readonly(store, now)
     if os.path.exists(os.path.join(cfg.state_dir, "cluster.json")):  # multi-server only (rollplan.BOOK)
-        from k3srotd import rollplan
+        from k3srotd.cluster import rollplan
 
         state = rollplan.shown_state(cfg.state_dir, state)  # a step rolling out: shown as it will commit
     obs = planner.observe(state, live, now, mtime)
@@ -107,8 +108,9 @@ class Session:
             self.state = self.store.load(self.clock.now())
             for note in self.store.notes:
                 self.log.warning("state.rebuilt", msg=note)
-            from k3srotd import gates, rolling
-            from k3srotd.steps import Executor
+            from k3srotd.cluster import driver as rolling
+            from k3srotd.engine.executor import Executor
+            from k3srotd.identity import gates
 
             # multi-server: None on a single server; refuses when this server is one of several and cut off
             self.rolling = rolling.attach(self.cfg, self.k3s, self.log, self.clock, self.progress, self.background)
@@ -194,7 +196,7 @@ class Session:
 
     def promote_gate(self) -> Optional[str]:
         """None when the published key may start signing; else what is awaited (e.g. the public issuer)."""
-        from k3srotd import gates
+        from k3srotd.identity import gates
 
         if self.state.pending is None:
             return None
@@ -202,7 +204,7 @@ class Session:
 
     def prune_gate(self, drop: tuple[str, ...]) -> Optional[str]:
         """None when the keys may go; else why live tokens may still need them."""
-        from k3srotd import gates
+        from k3srotd.identity import gates
 
         others = self.rolling.token_check if self.rolling is not None else None
         return gates.prune_gate(self.cfg, self.k3s, self.log, drop, self.clock.now(), others)

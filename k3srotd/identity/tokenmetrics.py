@@ -21,8 +21,9 @@ import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from k3srotd.kubeapi import APIError
-from k3srotd.state import ensure_private_dir, parse_ts, ts, write_atomic
+from k3srotd.core.model import parse_ts, ts
+from k3srotd.node.kubeapi import APIError
+from k3srotd.node.store import ensure_private_dir, write_atomic
 
 STALE = "serviceaccount_stale_tokens_total"
 LEGACY = (
@@ -193,6 +194,6 @@ def verdict(history: Sequence[Reading], now: Reading, grace: dt.timedelta, names
 
 
 def _short(d: dt.timedelta) -> str:
-    from k3srotd.durations import format_duration
+    from k3srotd.core.durations import format_duration
 
     return format_duration(d)

@@ -24,7 +24,7 @@ import urllib.request
 from typing import Any, Callable, Optional
 
 from k3srotd import __version__
-from k3srotd.gates import IN_CLUSTER_HOSTS, is_in_cluster_default  # noqa: F401 - the rule lives where status reads it
+from k3srotd.identity.gates import IN_CLUSTER_HOSTS, is_in_cluster_default  # noqa: F401 - the rule lives where status reads it
 
 TIMEOUT = 10.0
 MAX_BYTES = 1 << 20

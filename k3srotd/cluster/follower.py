@@ -16,19 +16,19 @@ import datetime as dt
 import json
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from k3srotd import keys
-from k3srotd.clock import Clock
-from k3srotd.cluster import RESTART_LEASE, STEP_LEASE, TOKENS_LEASE, Cluster, Held, Report, Server, Step
+from k3srotd.cluster.leases import RESTART_LEASE, STEP_LEASE, TOKENS_LEASE, Cluster, Held, Report, Server, Step
+from k3srotd.cluster.rollplan import Book, held_by_window, my_turn, orphaned, out_of_step
 from k3srotd.config import Config
+from k3srotd.core import keys
+from k3srotd.core.clock import Clock
+from k3srotd.core.model import ts
 from k3srotd.errors import LockHeld
-from k3srotd.files import sha256
-from k3srotd.kubeapi import APIError
-from k3srotd.rollplan import Book, held_by_window, my_turn, orphaned, out_of_step
-from k3srotd.state import ts
+from k3srotd.node.files import sha256
+from k3srotd.node.kubeapi import APIError
 
 if TYPE_CHECKING:
-    from k3srotd.k3s import K3s, ServerProcess
-    from k3srotd.steps import Executor
+    from k3srotd.engine.executor import Executor
+    from k3srotd.node.k3s import K3s, ServerProcess
 
 LOOK_SECONDS = 1.0  # between looks at the cluster while a step is open
 TURN_POLL = 0.25  # between tries for the restart lease
@@ -88,7 +88,7 @@ class Follower:
     def _answer_token_check(self, live: keys.KeyFile, sha: str) -> None:
         """A server asked before a prune whether old tokens are still presented: answer for this kube-apiserver
         (its /metrics counts only what reached it), once per check."""
-        from k3srotd import gates
+        from k3srotd.identity import gates
 
         cid = self._check_id
         if not cid or (self._mine is not None and self._mine.tokens_check == cid):
@@ -183,7 +183,7 @@ class Follower:
     def _verify_here(self, ex: Executor, step: Step, live: keys.KeyFile, sha: str) -> Optional[str]:
         """This server already runs the published set (it restarted since, e.g. after being down): check it as
         after a restart, and report."""
-        from k3srotd.steps import VerifyFailed
+        from k3srotd.engine.executor import VerifyFailed
 
         if self._running() is None:
             return f"K3s is not running on {self.me}; it is checked against {step.step} ({step.id}) once it runs"
@@ -242,7 +242,7 @@ class Follower:
 
     def _follow(self, ex: Executor, step: Step, data: bytes, live: keys.KeyFile) -> Optional[str]:
         """Restart this server's K3s onto the published set, in turn. None when done (or failed and reported)."""
-        from k3srotd.steps import VerifyFailed
+        from k3srotd.engine.executor import VerifyFailed
 
         proc = self._running()
         if proc is None:
@@ -300,7 +300,7 @@ class Follower:
     def _take_over(self, ex: Executor, step: Step, servers: list[Server], reports: dict[str, Report]) -> bool:
         """Commit an orphaned step (rollplan.orphaned) for the cluster: this server's state as the step commits
         it, published for the others to adopt. True when it did."""
-        from k3srotd import planner
+        from k3srotd.core import planner
 
         now = self.clock.now()
         if self._mine is not None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from k3srotd.errors import ConfigError, SafetyRefusal
-from k3srotd.state import ensure_private_dir, fsync_dir, write_atomic
+from k3srotd.node.store import ensure_private_dir, fsync_dir, write_atomic
 
 
 def sha256(data: bytes) -> str:

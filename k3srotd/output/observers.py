@@ -7,16 +7,18 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Sequence
 
-from k3srotd.clock import Clock
 from k3srotd.config import Config
-from k3srotd.state import parse_ts
+from k3srotd.core.clock import Clock
+from k3srotd.core.model import parse_ts
 
 HOOK_TIMEOUT = 60.0
 
 
 def snapshot(cfg: Config, clock: Clock) -> Any:
     """The metrics as the state file and the live key file say now."""
-    from k3srotd import engine, metrics, planner
+    from k3srotd.core import planner
+    from k3srotd.engine import session as engine
+    from k3srotd.output import metrics
 
     v = engine.view(cfg, clock)
     since = planner.signer_since(v.state, v.live, v.live_mtime)
@@ -38,8 +40,8 @@ def snapshot(cfg: Config, clock: Clock) -> Any:
 def write_metrics(cfg: Config, log: Any, clock: Optional[Clock] = None) -> None:
     if not cfg.metrics_file:
         return
-    from k3srotd import metrics
     from k3srotd.errors import K3srotdError
+    from k3srotd.output import metrics
 
     try:
         metrics.write_metrics(cfg.metrics_file, snapshot(cfg, clock or Clock()))
@@ -51,7 +53,7 @@ def make_events(cfg: Config, log: Any, clock: Optional[Clock] = None) -> Callabl
     def on_event(event: str, signer_kid: str, kids: Sequence[str], phase: str) -> None:
         from pathlib import Path
 
-        from k3srotd import hooks
+        from k3srotd.output import hooks
 
         try:
             hooks.run_hooks(Path(cfg.hooks_dir), event, signer_kid, list(kids), phase, HOOK_TIMEOUT, log)

@@ -14,8 +14,8 @@ import dataclasses
 import datetime as dt
 from typing import Any, Optional, Sequence
 
-from k3srotd.keys import KeyFile
-from k3srotd.state import KeyRecord, State
+from k3srotd.core.keys import KeyFile
+from k3srotd.core.model import KeyRecord, State
 
 IDLE, PUBLISHED, PROMOTED = "idle", "published", "promoted"
 

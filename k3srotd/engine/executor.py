@@ -20,17 +20,18 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
-from k3srotd import keys, planner
-from k3srotd.clock import Clock
 from k3srotd.config import Config
+from k3srotd.core import keys, planner
+from k3srotd.core.clock import Clock
+from k3srotd.core.model import Intent, LastStep, State, ts
 from k3srotd.errors import RollbackFailed, SafetyRefusal, StepFailed
-from k3srotd.files import Backups, Staging, sha256
-from k3srotd.k3s import K3s, ServerProcess
-from k3srotd.kubeapi import APIError
-from k3srotd.state import Intent, LastStep, State, Store, ts
+from k3srotd.node.files import Backups, Staging, sha256
+from k3srotd.node.k3s import K3s, ServerProcess
+from k3srotd.node.kubeapi import APIError
+from k3srotd.node.store import Store
 
 if TYPE_CHECKING:
-    from k3srotd.runner import Result
+    from k3srotd.node.runner import Result
 
 POLL_SECONDS = 0.5
 CRASH_ENV = "K3SROTD_TEST_CRASH_AT"  # test hook: SIGKILL ourselves at the named boundary

@@ -8,12 +8,13 @@ import shutil
 from pathlib import Path
 from typing import Callable, Optional
 
-from k3srotd import keys, runner
 from k3srotd.config import Config
+from k3srotd.core import keys
 from k3srotd.errors import K3srotdError
-from k3srotd.files import Staging
-from k3srotd.k3s import K3s
-from k3srotd.kubeapi import APIError
+from k3srotd.node import runner
+from k3srotd.node.files import Staging
+from k3srotd.node.k3s import K3s
+from k3srotd.node.kubeapi import APIError
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 Check = tuple[str, str]  # level, text
@@ -140,8 +141,8 @@ def checks(cfg: Config) -> list[Callable[[], Check]]:
         return PASS, f"API: /readyz ok, JWKS lists {len(kids)} key(s)"
 
     def tokens() -> Check:
-        from k3srotd.durations import format_duration
-        from k3srotd.gates import safe_on_time_hint
+        from k3srotd.core.durations import format_duration
+        from k3srotd.identity.gates import safe_on_time_hint
 
         k = cfg.k3s
         if not k.tokens_may_outlive_grace and k.max_token_expiration is not None:
@@ -173,7 +174,7 @@ def checks(cfg: Config) -> list[Callable[[], Check]]:
 
 def identity_checks(cfg: Config, k3s: K3s) -> list[Callable[[], Check]]:
     """The public issuer reachable and consistent with the cluster, the token counters (gates.py)."""
-    from k3srotd import gates
+    from k3srotd.identity import gates
 
     return gates.doctor_checks(cfg, k3s)
 

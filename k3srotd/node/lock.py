@@ -9,7 +9,7 @@ from types import TracebackType
 from typing import Optional
 
 from k3srotd.errors import LockHeld
-from k3srotd.state import ensure_private_dir
+from k3srotd.node.store import ensure_private_dir
 
 
 class Lock:

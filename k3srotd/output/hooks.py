@@ -41,10 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
-from k3srotd.notify import child_environ
+from k3srotd.output.notify import child_environ
 
 if TYPE_CHECKING:
-    from k3srotd.logs import Log
+    from k3srotd.output.logs import Log
 
 OUTPUT_LIMIT = 64 * 1024
 KILL_GRACE = 2.0

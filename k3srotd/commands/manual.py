@@ -9,13 +9,14 @@ from typing import Any, Callable, Optional
 
 import click
 
-from k3srotd import engine, keys, planner
-from k3srotd.clock import Clock
 from k3srotd.config import Config
-from k3srotd.durations import format_duration
+from k3srotd.core import keys, planner
+from k3srotd.core.clock import Clock
+from k3srotd.core.durations import format_duration
+from k3srotd.core.model import ts
+from k3srotd.engine import session as engine
 from k3srotd.errors import SafetyRefusal
-from k3srotd.k3s import K3s
-from k3srotd.state import ts
+from k3srotd.node.k3s import K3s
 
 Confirm = Callable[[str], bool]
 
@@ -45,7 +46,7 @@ def rotate_now(
     clock: Optional[Clock] = None,
 ) -> None:
     clock = clock or Clock()
-    from k3srotd import gates
+    from k3srotd.identity import gates
 
     gates.issuer_url(cfg)  # verify-issuer true without an issuer URL: a config error before anything changes
     with engine.Session(cfg, clock, log, events, progress) as s:
@@ -107,7 +108,7 @@ def rotate_now_dry_run(cfg: Config, skip_publish_wait: bool, clock: Optional[Clo
     new = f"<new RSA-{cfg.key_size} key>"
     if v.phase != planner.PUBLISHED:
         if cfg.strategy == "direct":
-            from k3srotd import rollplan
+            from k3srotd.cluster import rollplan
 
             known = rollplan.Book(cfg.state_dir).servers()
             if len(known) > 1:  # what rotate-now would say; the dry run asks the cluster nothing

@@ -15,8 +15,8 @@ from k3srotd.config import DEFAULT_K3S_DATA_DIR, DEFAULT_SERVER_URL, Config
 from k3srotd.errors import SafetyRefusal
 
 if TYPE_CHECKING:  # imported where used: `status` needs neither subprocess nor HTTPS
-    from k3srotd.kubeapi import KubeAPI
-    from k3srotd.runner import Result
+    from k3srotd.node.kubeapi import KubeAPI
+    from k3srotd.node.runner import Result
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +87,7 @@ class K3s:
 
     def current_kid(self) -> Optional[str]:
         """The kid K3s signs with: its service.current.key, written at every start."""
-        from k3srotd import keys
+        from k3srotd.core import keys
 
         try:
             data = self.cfg.current_key.read_bytes()
@@ -118,16 +118,16 @@ class K3s:
         return argv
 
     def rotate_ca(self) -> Result:
-        from k3srotd import runner
+        from k3srotd.node import runner
 
         return runner.run(self.rotate_ca_argv(), timeout=min(120.0, self.cfg.restart_timeout.total_seconds()))
 
     def restart(self) -> Result:
-        from k3srotd import runner
+        from k3srotd.node import runner
 
         return runner.run(self.cfg.restart_command, timeout=self.cfg.restart_timeout.total_seconds())
 
     def api(self) -> KubeAPI:
-        from k3srotd.kubeapi import KubeAPI
+        from k3srotd.node.kubeapi import KubeAPI
 
         return KubeAPI(self.cfg.kubeconfig, self.cfg.k3s_server_url)

@@ -27,8 +27,8 @@ import datetime as dt
 import urllib.parse
 from typing import Any, Optional
 
-from k3srotd.clock import Clock
-from k3srotd.kubeapi import APIError, KubeAPI
+from k3srotd.core.clock import Clock
+from k3srotd.node.kubeapi import APIError, KubeAPI
 
 NAMESPACE = "kube-system"
 LEASES = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases"

@@ -32,7 +32,7 @@ def run(argv: Sequence[str], timeout: float, env: Optional[Mapping[str, str]] = 
     """Run argv in its own process group; on timeout kill the whole group (a hung child must not linger)."""
     args = tuple(argv)
     if env is None:
-        from k3srotd.notify import child_environ
+        from k3srotd.output.notify import child_environ
 
         # k3s and systemctl must not speak to systemd as if they were k3srotd (NOTIFY_SOCKET, WATCHDOG_*)
         env = child_environ()

@@ -1,0 +1,1 @@
+"""Multi-server coordination through the Kubernetes API: leases, the driver, the followers."""

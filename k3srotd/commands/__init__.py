@@ -1,0 +1,1 @@
+"""The commands an operator types: rotate-now, prune, rollback, status, doctor."""

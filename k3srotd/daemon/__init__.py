@@ -1,0 +1,1 @@
+"""`k3srotd run`: the daemon."""
