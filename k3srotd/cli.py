@@ -18,10 +18,11 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
 class Ctx:
-    def __init__(self, config: Optional[str], log_format: Optional[str], debug: bool) -> None:
+    def __init__(self, config: Optional[str], log_format: Optional[str], debug: bool, run: Any = None) -> None:
         self.config_path = config
         self.log_format = log_format
         self.debug = debug
+        self.run = run  # engine.coordinator.Run: how sessions start (the tests' crash point and leases); None: default
         self._cfg: Any = None
 
     @property
@@ -59,7 +60,7 @@ class Ctx:
 @click.pass_context
 def cli(ctx: click.Context, config: Optional[str], log_format: Optional[str], debug: bool) -> None:
     """Rotate the service-account signing key of a K3s server: publish, promote, prune, verified."""
-    ctx.obj = Ctx(config, log_format, debug)
+    ctx.obj = Ctx(config, log_format, debug, (ctx.obj or {}).get("run") if isinstance(ctx.obj, dict) else None)
 
 
 def _progress(log: Any) -> Any:
@@ -94,13 +95,13 @@ def rotate_now(obj: Ctx, dry_run: bool, skip_publish_wait: bool, ignore_window: 
 
     Continues a rotation already under way.
     """
-    from k3srotd.commands import manual as commands
+    from k3srotd.commands import rotate_now as command
 
     if dry_run:
-        commands.rotate_now_dry_run(obj.cfg, skip_publish_wait)
+        command.rotate_now_dry_run(obj.cfg, skip_publish_wait)
         return
     log = obj.logger()
-    commands.rotate_now(obj.cfg, log, _events(obj, log), _progress(log), skip_publish_wait, ignore_window)
+    command.rotate_now(obj.cfg, log, _events(obj, log), _progress(log), skip_publish_wait, ignore_window, run=obj.run)
 
 
 @cli.command()
@@ -111,13 +112,13 @@ def rotate_now(obj: Ctx, dry_run: bool, skip_publish_wait: bool, ignore_window: 
 @click.pass_obj
 def prune(obj: Ctx, dry_run: bool, force: bool, yes: bool, ignore_window: bool) -> None:
     """Drop retired keys whose grace-period has passed."""
-    from k3srotd.commands import manual as commands
+    from k3srotd.commands import prune as command
 
     if dry_run:
-        commands.prune_dry_run(obj.cfg, force)
+        command.prune_dry_run(obj.cfg, force)
         return
     log = obj.logger()
-    commands.prune(obj.cfg, log, _events(obj, log), _progress(log), force, yes, ignore_window, _confirm)
+    command.prune(obj.cfg, log, _events(obj, log), _progress(log), force, yes, ignore_window, _confirm, run=obj.run)
 
 
 @cli.command()
@@ -126,10 +127,10 @@ def prune(obj: Ctx, dry_run: bool, force: bool, yes: bool, ignore_window: bool) 
 @click.pass_obj
 def rollback(obj: Ctx, yes: bool, ignore_window: bool) -> None:
     """Put back the key set that was live before the last completed step."""
-    from k3srotd.commands import manual as commands
+    from k3srotd.commands import rollback as command
 
     log = obj.logger()
-    commands.rollback(obj.cfg, log, _events(obj, log), _progress(log), yes, ignore_window, _confirm)
+    command.rollback(obj.cfg, log, _events(obj, log), _progress(log), yes, ignore_window, _confirm, run=obj.run)
 
 
 @cli.command()
@@ -161,7 +162,7 @@ def run(obj: Ctx) -> None:
     """The daemon: schedules and drives rotations and prunes; resumes an interrupted step at start."""
     from k3srotd.daemon import service as daemon
 
-    sys.exit(daemon.main(obj.config_path, obj.log_format))
+    sys.exit(daemon.main(obj.config_path, obj.log_format, obj.run))
 
 
 def _confirm(question: str) -> bool:
@@ -172,12 +173,13 @@ def _confirm(question: str) -> bool:
     return click.confirm(question, default=False)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: Optional[list[str]] = None, run: Any = None) -> None:
+    """The entry point. `run` (an engine.coordinator.Run) is for the tests' launcher only: production has none."""
     from k3srotd.errors import K3srotdError
 
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        cli.main(args=argv, prog_name="k3srotd", standalone_mode=False)
+        cli.main(args=argv, prog_name="k3srotd", standalone_mode=False, obj={"run": run})
     except click.exceptions.Abort:
         click.echo("k3srotd: aborted; nothing was changed", err=True)
         sys.exit(1)

@@ -89,10 +89,10 @@ def render(cfg: Config, as_json: bool, clock: Optional[Clock] = None) -> str:
         rows.append(("last failure", f"{f.get('step')} at {f.get('at')}: {f.get('reason')}"))
     rows.extend(_identity_rows(cfg, v))
     servers: list[str] = []
-    if (Path(cfg.state_dir) / "cluster.json").exists():  # multi-server (rollplan.BOOK): every server, the leases
-        from k3srotd.cluster import rollplan
+    if (Path(cfg.state_dir) / "cluster.json").exists():  # multi-server (cluster/book.py): every server, the leases
+        from k3srotd.cluster import book
 
-        cluster_rows, servers = rollplan.status(cfg, clock or Clock())
+        cluster_rows, servers = book.status(cfg, clock or Clock())
         rows.extend(cluster_rows)
     for note in v.notes:
         rows.append(("note", note))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as dt
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 from k3srotd.core.keys import KeyFile
 from k3srotd.core.model import KeyRecord, State
@@ -98,28 +98,39 @@ def retired(state: State, live: KeyFile) -> list[tuple[str, dt.datetime]]:
 # --- target key orders, one per step
 
 
-def publish_order(live: KeyFile, new: str) -> list[str]:
+def publish_order(kids: Sequence[str], new: str) -> list[str]:
     """The new key last: every server verifies it before any signs with it."""
-    return [*live.kids, new]
+    return [*kids, new]
 
 
-def promote_order(live: KeyFile, new: str) -> list[str]:
+def promote_order(kids: Sequence[str], new: str) -> list[str]:
     """The new key first (it signs), the previous signer and the rest after it, in their order."""
-    return [new, *(k for k in live.kids if k != new)]
+    return [new, *(k for k in kids if k != new)]
 
 
-def rotate_order(live: KeyFile, new: str) -> list[str]:
+def rotate_order(kids: Sequence[str], new: str) -> list[str]:
     """The documented K3s procedure: the new key first at once, the old ones after it."""
-    return [new, *live.kids]
+    return [new, *kids]
 
 
-def prune_order(live: KeyFile, drop: Sequence[str]) -> list[str]:
-    return [k for k in live.kids if k not in drop]
+def prune_order(kids: Sequence[str], drop: Sequence[str]) -> list[str]:
+    return [k for k in kids if k not in drop]
+
+
+Action = Literal["publish", "promote", "prune", "rotate"]
+
+
+def rotation_steps(strategy: str, state: State, live: KeyFile) -> list[Action]:
+    """rotate-now's steps from here until a new key signs: a rotation under way is promoted; else staged
+    publishes and then promotes, direct rotates in one step."""
+    if phase(state, live) == PUBLISHED:
+        return ["promote"]
+    return ["rotate"] if strategy == "direct" else ["publish", "promote"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    action: str  # publish | promote | prune | rotate
+    action: Action
     due: dt.datetime  # when policy makes it due
     not_before: dt.datetime  # due, moved into the maintenance window
     drop: tuple[str, ...] = ()  # prune: the kids to drop
@@ -159,7 +170,7 @@ def candidates(cfg: Any, state: State, live: KeyFile, now: dt.datetime, live_mti
         out.append(Plan("prune", first, _in_window(win, first, now), drop=drop, reason="grace-period after retire"))
     if ph != PUBLISHED:
         due = signer_since(state, live, live_mtime) + cfg.rotation_interval
-        action = "publish" if cfg.strategy == "staged" else "rotate"
+        action: Action = "publish" if cfg.strategy == "staged" else "rotate"
         out.append(Plan(action, due, _in_window(win, due, now), reason="signer older than rotation-interval"))
     return out
 

@@ -8,11 +8,12 @@ import socket
 from pathlib import Path
 
 import pytest
+from k3srotd.cluster.book import node_name
+from k3srotd.core.rollout import awaited, held_by_window, my_turn, orphaned, out_of_step
 
 from k3srotd import config
-from k3srotd.cluster.leases import STEP_LEASE as STEP
-from k3srotd.cluster.leases import Lease, Report, Server, Step
-from k3srotd.cluster.rollplan import awaited, held_by_window, my_turn, node_name, orphaned, out_of_step
+from k3srotd.core.cluster import STEP_LEASE as STEP
+from k3srotd.core.cluster import Lease, Report, Server, Step
 from k3srotd.core.window import MaintenanceWindow
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
