@@ -22,28 +22,12 @@ from k3srotd.node.kubeapi import APIError
 from k3srotd.node.store import ensure_private_dir, write_atomic
 
 BOOK = "cluster.json"
-SYSTEMD_DIR = "/etc/systemd/system"
 
 
-def node_name(cfg: Config, unit_dir: str = SYSTEMD_DIR) -> str:
-    """This server's Node name, as K3s picks it: node-name (k3srotd's, then K3s's config), then K3S_NODE_NAME in
-    the environment file the K3s installer writes beside the unit, then the hostname in lower case."""
-    return cfg.node_name or cfg.k3s.node_name or _installer_node_name(cfg, unit_dir) or socket.gethostname().lower()
-
-
-def _installer_node_name(cfg: Config, unit_dir: str) -> Optional[str]:
-    env = Path(unit_dir) / f"{cfg.k3s_service}.service.env"
-    try:
-        lines = env.read_text(errors="replace").splitlines()
-    except OSError:
-        return None
-    for line in lines:  # KEY=value or KEY='value'; only this key is read (the file also holds K3s's token)
-        key, sep, value = line.strip().partition("=")
-        if sep and key.strip() == "K3S_NODE_NAME":
-            name = value.strip().strip("'\"")
-            if name:
-                return name
-    return None
+def node_name(cfg: Config) -> str:
+    """This server's Node name, as K3s picks it: resolved when the config loaded (node-name, K3s's node-name, the
+    installer's K3S_NODE_NAME), else the hostname in lower case."""
+    return cfg.server_name or socket.gethostname().lower()
 
 
 def lease_seconds(cfg: Config, override: Optional[float] = None) -> int:

@@ -21,15 +21,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Literal, Optional, Sequence
 
 from k3srotd.config import Config
-from k3srotd.core import keys, planner, recovery
+from k3srotd.core import keys, planner
 from k3srotd.core.clock import Clock
 from k3srotd.core.model import Intent, LastStep, Stage, State, StepName, ts
 from k3srotd.core.ports import Log
 from k3srotd.core.verify import VerifyFailed, Want
 from k3srotd.engine.coordinator import Announcement, Coordinator
-from k3srotd.engine.restart import Progress, Restarter, want_of
+from k3srotd.engine.restart import Progress, Restarter, failure_text, want_of
 from k3srotd.errors import LockHeld, RollbackFailed, SafetyRefusal, StepFailed
-from k3srotd.node.files import Backups, Staging, sha256
+from k3srotd.node.files import Backups, Staging
 from k3srotd.node.k3s import K3s, ServerProcess
 from k3srotd.node.store import Store
 
@@ -103,7 +103,7 @@ class Executor:
         except LockHeld:
             raise  # waiting for the other servers (the daemon looks again): the step goes on
         except Exception as e:  # noqa: BLE001 - after the upload any error rolls back (exit 1: keys as before)
-            why = _why(e)
+            why = failure_text(e)
             self.fail_and_roll_back(step, why, live, f"{step} failed verification: {why}")
             raise StepFailed(f"{step} failed: {why}; the previous key set was restored") from None
         return self.commit(step, target)
@@ -185,7 +185,7 @@ class Executor:
             try:
                 self.restarter.restart_and_verify(step, target, want, old)
             except Exception as e:
-                self.coordinator.restarted(_why(e))
+                self.coordinator.restarted(failure_text(e))
                 raise
         self.coordinator.restarted(None)
         self.checkpoint(step, "reported")
@@ -315,7 +315,7 @@ class Executor:
             raise
         except Exception as e:  # noqa: BLE001 - after the upload any error rolls back (exit 1: keys as before)
             self._set_stage("rollback-failed")
-            self._rollback_failed(intent, reason, _why(e))
+            self._rollback_failed(intent, reason, failure_text(e))
         self.staging.remove()
         self.state.restore(intent.snapshot)
         self.state.intent = None
@@ -366,115 +366,9 @@ class Executor:
             f"manual steps; the key set before the step is in {intent.backup}"
         ) from None
 
-    # --- after a crash (core/recovery.py decides)
+    # --- after a crash
     def resume(self) -> Optional[str]:
-        """Finish or undo the step an earlier k3srotd left. Returns what was done, or None."""
-        intent = self.state.intent
-        start = recovery.start(intent)
-        if intent is None or start == "none":
-            return None
-        if start == "halt":
-            raise RollbackFailed(
-                f"a rollback of {intent.step} failed earlier; restore {intent.backup} by hand (see the log), "
-                "then run `k3srotd rollback --yes`"
-            )
-        if start == "rejoin":
-            done = self._rejoin(intent)
-            if done is not None:
-                return done
-        self.log.warning(
-            "resume", msg=f"an interrupted {intent.step} (stage {intent.stage}) is resumed", step=intent.step
-        )
-        if start == "roll-back":
-            self.rollback_intent(f"interrupted rollback of {intent.step}")
-            self.resumed = (intent.step, "rolled-back")
-            return f"finished the interrupted rollback of {intent.step}"
-        return self._settle(intent)
+        """Finish or undo the step an earlier k3srotd left (engine/resume.py). Returns what was done, or None."""
+        from k3srotd.engine import resume
 
-    def _rejoin(self, intent: Intent) -> Optional[str]:
-        """A step this server published and its cluster still runs: do its part here, await the others, commit."""
-        rejoined = self.coordinator.rejoin(intent)
-        if rejoined is None:
-            return None
-        data, live = self._read_live()
-        staged = self.staging.key.read_bytes() if self.staging.key.exists() else None
-        act = recovery.rejoin(intent, sha256(data), live.kids, sha256(staged) if staged else None, rejoined.reported)
-        if act is None:
-            return None
-        try:
-            if act == "restart" and staged is not None:
-                target = keys.parse(staged, str(self.staging.key))
-                self._restart_in_turn(intent.step, target, want_of(target, staged), self.k3s.server_process())
-                data, live = self._read_live()
-            elif act == "verify":
-                self.restarter.wait_for(want_of(live, data), None)
-                self.coordinator.restarted(None)
-            self._set_stage("rolling")
-            self.coordinator.await_others()
-        except LockHeld:
-            raise
-        except Exception as e:  # noqa: BLE001 - after the upload any error rolls back (exit 1: keys as before)
-            why = _why(e)
-            self.fail_and_roll_back(intent.step, why, live, f"{intent.step} failed on the cluster: {why}")
-            self.resumed = (intent.step, "rolled-back")
-            return f"rolled back the {intent.step}: {why}"
-        self.commit(intent.step, live)
-        self.resumed = (intent.step, "finished")
-        return f"finished the {intent.step} on every server"
-
-    def _settle(self, intent: Intent) -> str:
-        try:
-            self.restarter.wait_running()
-        except VerifyFailed:
-            reason = (
-                f"an interrupted {intent.step} is recorded in {self.store.path}, but K3s is not running; "
-                "start K3s, then run k3srotd again to finish or undo it"
-            )
-            try:
-                _, on_disk = self._read_live()
-            except (SafetyRefusal, keys.KeyFileError):
-                on_disk = None
-            self._fail(intent.step, reason, on_disk)
-            raise StepFailed(reason) from None
-        live_bytes, live = self._read_live()
-        act = recovery.settle(intent, sha256(live_bytes), live.kids)
-        if act == "commit":
-            try:
-                self.restarter.wait_for(want_of(live, live_bytes), None)
-            except VerifyFailed as e:
-                self.fail_and_roll_back(
-                    intent.step, str(e), live, f"interrupted {intent.step} failed verification: {e}"
-                )
-                self.resumed = (intent.step, "rolled-back")
-                return f"rolled back the interrupted {intent.step}"
-            self.commit(intent.step, live)
-            self.resumed = (intent.step, "finished")
-            return f"finished the interrupted {intent.step}"
-        if act == "undo":
-            # K3s still runs the old set; rotate-ca may have saved the new one. Put the datastore back to
-            # the live set so no later restart applies an unverified step.
-            res = self._rotate_ca(intent.step, live_bytes)
-            if not res.ok:
-                raise StepFailed(
-                    f"could not undo the interrupted {intent.step}: rotate-ca failed ({res.tail()}); run k3srotd again"
-                )
-            return self._forget(intent, "undone", f"undid the interrupted {intent.step}; K3s keeps {live.kids}", live)
-        return self._forget(
-            intent, "forgotten", f"the live key set changed outside k3srotd during {intent.step}; adopted it", live
-        )
-
-    def _forget(self, intent: Intent, outcome: Resumed, message: str, live: keys.KeyFile) -> str:
-        """The step is over without a commit: no staged key left, no intent, and say so."""
-        self.staging.remove()
-        self.state.intent = None
-        self.store.save(self.state)
-        self.resumed = (intent.step, outcome)
-        self.log.warning("resume", msg=message, signer_kid=live.signer.kid, kids=live.kids)
-        return message
-
-
-def _why(e: BaseException) -> str:
-    """A failed check says what failed; any other error names its kind too (it is not a check's verdict)."""
-    if isinstance(e, (VerifyFailed, StepFailed, SafetyRefusal)):
-        return str(e)
-    return f"{type(e).__name__}: {e}"
+        return resume.resume(self)

@@ -15,7 +15,7 @@ from k3srotd.core import keys
 from k3srotd.core.clock import Clock
 from k3srotd.core.ports import Log
 from k3srotd.core.verify import Seen, VerifyFailed, Want, judge
-from k3srotd.errors import SafetyRefusal
+from k3srotd.errors import SafetyRefusal, StepFailed
 from k3srotd.node.files import sha256
 from k3srotd.node.k3s import K3s, ServerProcess
 from k3srotd.node.kubeapi import APIError, KubeAPI
@@ -152,3 +152,10 @@ def _with_jwks(seen: Seen, api: KubeAPI) -> Seen:
 
 def want_of(target: keys.KeyFile, staged: bytes) -> Want:
     return Want(tuple(target.kids), target.signer.kid, sha256(staged))
+
+
+def failure_text(e: BaseException) -> str:
+    """A failed check says what failed; any other error names its kind too (it is not a check's verdict)."""
+    if isinstance(e, (VerifyFailed, StepFailed, SafetyRefusal)):
+        return str(e)
+    return f"{type(e).__name__}: {e}"
