@@ -8,25 +8,34 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 import click
 
 from k3srotd import __version__
 
+if TYPE_CHECKING:  # types only: `k3srotd --version` imports nothing more than click
+    from k3srotd.config import Config
+    from k3srotd.core.ports import Log
+    from k3srotd.engine.coordinator import Run
+    from k3srotd.engine.executor import Events
+    from k3srotd.engine.restart import Progress
+
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
 class Ctx:
-    def __init__(self, config: Optional[str], log_format: Optional[str], debug: bool, run: Any = None) -> None:
+    def __init__(
+        self, config: Optional[str], log_format: Optional[str], debug: bool, run: Optional[Run] = None
+    ) -> None:
         self.config_path = config
         self.log_format = log_format
         self.debug = debug
         self.run = run  # engine.coordinator.Run: how sessions start (the tests' crash point and leases); None: default
-        self._cfg: Any = None
+        self._cfg: Optional[Config] = None
 
     @property
-    def cfg(self) -> Any:
+    def cfg(self) -> Config:
         if self._cfg is None:
             from k3srotd import config
 
@@ -36,7 +45,7 @@ class Ctx:
                 click.echo(f"k3srotd: {explicit}: does not exist; using the defaults and {explicit}.d/*.yaml", err=True)
         return self._cfg
 
-    def logger(self) -> Any:
+    def logger(self) -> Log:
         from k3srotd.output import logs
 
         return logs.configure(self.log_format or self.cfg.log_format)
@@ -63,7 +72,7 @@ def cli(ctx: click.Context, config: Optional[str], log_format: Optional[str], de
     ctx.obj = Ctx(config, log_format, debug, (ctx.obj or {}).get("run") if isinstance(ctx.obj, dict) else None)
 
 
-def _progress(log: Any) -> Any:
+def _progress(log: Log) -> Progress:
     """On a TTY, one line rewritten in place; off a TTY, a plain log line every 15 s."""
     tty = sys.stderr.isatty()
     last = [-15.0]
@@ -79,7 +88,7 @@ def _progress(log: Any) -> Any:
     return show
 
 
-def _events(obj: Ctx, log: Any) -> Any:
+def _events(obj: Ctx, log: Log) -> Optional[Events]:
     from k3srotd.output.observers import make_events
 
     return make_events(obj.cfg, log)
@@ -173,7 +182,7 @@ def _confirm(question: str) -> bool:
     return click.confirm(question, default=False)
 
 
-def main(argv: Optional[list[str]] = None, run: Any = None) -> None:
+def main(argv: Optional[list[str]] = None, run: Optional[Run] = None) -> None:
     """The entry point. `run` (an engine.coordinator.Run) is for the tests' launcher only: production has none."""
     from k3srotd.errors import K3srotdError
 

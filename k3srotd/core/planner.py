@@ -12,10 +12,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as dt
-from typing import Any, Literal, Optional, Sequence
+from typing import Literal, Optional, Protocol, Sequence
 
 from k3srotd.core.keys import KeyFile
 from k3srotd.core.model import KeyRecord, State
+from k3srotd.core.window import MaintenanceWindow
 
 IDLE, PUBLISHED, PROMOTED = "idle", "published", "promoted"
 
@@ -142,7 +143,22 @@ def signer_since(state: State, live: KeyFile, live_mtime: dt.datetime) -> dt.dat
     return rec.signer_since if rec and rec.signer_since else live_mtime
 
 
-def _in_window(window: Any, due: dt.datetime, now: dt.datetime) -> dt.datetime:
+class Policy(Protocol):
+    """What the planner reads of the config (config.Config satisfies it)."""
+
+    @property
+    def strategy(self) -> str: ...
+    @property
+    def publish_wait(self) -> dt.timedelta: ...
+    @property
+    def grace_period(self) -> dt.timedelta: ...
+    @property
+    def rotation_interval(self) -> dt.timedelta: ...
+    @property
+    def maintenance_window(self) -> Optional[MaintenanceWindow]: ...
+
+
+def _in_window(window: Optional[MaintenanceWindow], due: dt.datetime, now: dt.datetime) -> dt.datetime:
     """Due time, moved to the first opening of the window at or after it (and not before now: an overdue step
     waits for the next opening, not one in the past)."""
     if window is None:
@@ -154,7 +170,7 @@ def _in_window(window: Any, due: dt.datetime, now: dt.datetime) -> dt.datetime:
     return result
 
 
-def candidates(cfg: Any, state: State, live: KeyFile, now: dt.datetime, live_mtime: dt.datetime) -> list[Plan]:
+def candidates(cfg: Policy, state: State, live: KeyFile, now: dt.datetime, live_mtime: dt.datetime) -> list[Plan]:
     """Every step policy will want, with its due time. `cfg` needs strategy, publish_wait, grace_period,
     rotation_interval and maintenance_window."""
     out: list[Plan] = []
@@ -178,7 +194,7 @@ def candidates(cfg: Any, state: State, live: KeyFile, now: dt.datetime, live_mti
 _ORDER = {"promote": 0, "prune": 1, "publish": 2, "rotate": 2}
 
 
-def next_plan(cfg: Any, state: State, live: KeyFile, now: dt.datetime, live_mtime: dt.datetime) -> Optional[Plan]:
+def next_plan(cfg: Policy, state: State, live: KeyFile, now: dt.datetime, live_mtime: dt.datetime) -> Optional[Plan]:
     """The step that comes next: the earliest; on a tie, promote before prune before a new rotation."""
     plans = candidates(cfg, state, live, now, live_mtime)
     if not plans:
@@ -186,7 +202,7 @@ def next_plan(cfg: Any, state: State, live: KeyFile, now: dt.datetime, live_mtim
     return min(plans, key=lambda p: (max(p.not_before, now), _ORDER[p.action]))
 
 
-def due_plan(cfg: Any, state: State, live: KeyFile, now: dt.datetime, live_mtime: dt.datetime) -> Optional[Plan]:
+def due_plan(cfg: Policy, state: State, live: KeyFile, now: dt.datetime, live_mtime: dt.datetime) -> Optional[Plan]:
     p = next_plan(cfg, state, live, now, live_mtime)
     return p if p is not None and p.not_before <= now else None
 

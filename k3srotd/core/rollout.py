@@ -7,7 +7,7 @@ rolling out will commit it. The book and the API: cluster/.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal, Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 from k3srotd.core import planner
 from k3srotd.core.cluster import Lease, Report, Server, Step
@@ -117,7 +117,7 @@ def held_by_window(step: Step, window: Optional[MaintenanceWindow], now: dt.date
     return f"maintenance-window ({window}) is closed; it opens next at {ts(window.next_start(now))}"
 
 
-def shown_state(state: State, following: Any) -> State:
+def shown_state(state: State, following: object) -> State:
     """The state as `status` and the metrics show it while a step rolls out: as it will commit. The driver has its
     intent (stage rolling); a follower that restarted onto the published set has `following` (from its book)
     until it adopts the driver's committed state."""

@@ -75,7 +75,7 @@ class Daemon:
         self.heartbeat = self.clock.monotonic()
         try:
             return self._tick(now, act)
-        except Waiting as e:  # multi-server: another server's turn or step; look again soon
+        except Waiting as e:  # another server's turn or step comes first: look again soon
             self._status(f"waiting: {e}")
             return now + dt.timedelta(seconds=e.retry)
         except LockHeld as e:
