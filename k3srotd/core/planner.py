@@ -12,11 +12,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as dt
-from typing import Literal, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Literal, Optional, Protocol, Sequence
 
 from k3srotd.core.keys import KeyFile
 from k3srotd.core.model import KeyRecord, State
-from k3srotd.core.window import MaintenanceWindow
+
+if TYPE_CHECKING:  # an annotation only: `status` need not import the window
+    from k3srotd.core.window import MaintenanceWindow
 
 IDLE, PUBLISHED, PROMOTED = "idle", "published", "promoted"
 

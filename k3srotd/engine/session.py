@@ -14,13 +14,13 @@ from k3srotd.core import keys, planner
 from k3srotd.core.clock import Clock
 from k3srotd.core.model import State
 from k3srotd.core.ports import Log
-from k3srotd.engine.coordinator import Coordinator, OneServer, Run
 from k3srotd.errors import ConfigError, SafetyRefusal
 from k3srotd.node.k3s import K3s
 from k3srotd.node.lock import Lock
 from k3srotd.node.store import Store
 
-if TYPE_CHECKING:  # the executor is imported by the commands that act, not by `status`
+if TYPE_CHECKING:  # the executor and the coordinator are imported by the commands that act, not by `status`
+    from k3srotd.engine.coordinator import Coordinator, Run
     from k3srotd.engine.executor import Events, Executor, Progress
 
 
@@ -85,6 +85,8 @@ class Session:
         retry_failed_rollback: bool = False,
         run: Optional[Run] = None,
     ) -> None:
+        from k3srotd.engine.coordinator import OneServer, Run
+
         self.cfg = cfg
         self.run = run or Run()
         self.coordinator: Coordinator = OneServer(cfg.node_name or "")  # until __enter__ asks the cluster
