@@ -163,7 +163,7 @@ def _serve(
             data = datastore.read()
         except ValueError as exc:
             log.fatal(f"failed to read bootstrap data from datastore: {exc}")
-        if data:
+        if data and faults.take(data_dir, "start_stale") is None:  # stale: a join peer's old disk (K3s < #11844)
             bootstrap.reconcile(data, server_dir)
         deps.gen_bootstrap_files(server_dir, values["token"])
         if not data:
