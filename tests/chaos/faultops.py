@@ -9,14 +9,14 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
 from k3semu.harness import free_port
 
 from chaos.schedule import Fault
 
 if TYPE_CHECKING:
-    from clusternode import Cluster, ClusterNode
+    from clusternode import ClusterNode
 
     from chaos.harness import ChaosRun
 
@@ -77,10 +77,23 @@ def drop_fault(n: ClusterNode, name: str) -> None:
         n.server.set_faults(faults)
 
 
+def k3s_pids(data_dir: Path) -> List[int]:
+    """The K3s server processes of one data dir, found by their command line (a start that failed on a taken
+    port removes the pid file of the one that serves, so the pid file alone can miss a running server)."""
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info.get("cmdline") or []
+        if "server" in cmd and str(data_dir) in cmd and any(x.endswith("/k3s") for x in cmd):
+            out.append(p.pid)
+    return out
+
+
 def ensure_k3s(run: ChaosRun, i: int) -> None:
     """Start server i's K3s if no process of it runs (an injected stop, or a crash at start nobody restarted)."""
     srv = run.cluster[i].server
-    if srv.pid is None and not srv.is_ready():
+    if not k3s_pids(srv.data_dir) and not srv.is_ready():
         drop_fault(run.cluster[i], "start_stale")  # stale starts come only from k3srotd's own restarts
         srv.start(wait=False)
 
@@ -218,14 +231,14 @@ def inject(run: ChaosRun, f: Fault) -> bool:
     return True
 
 
-def kill_restart_helpers(cluster: Cluster) -> None:
-    """k3s-restart helpers left by a killed daemon (they run on, as `systemctl restart` would)."""
+def kill_leftovers(root: Path) -> None:
+    """Every process of the run still alive at its end: k3s-restart helpers left by a killed daemon (they run on,
+    as `systemctl restart` would), K3s servers started by them, manual commands."""
     import psutil
 
-    dirs = {str(n.server.data_dir) for n in cluster}
     for p in psutil.process_iter(["cmdline"]):
         cmd = p.info.get("cmdline") or []
-        if any(x.endswith("k3s-restart") for x in cmd) and dirs & set(cmd):
+        if p.pid != os.getpid() and any(x.startswith(str(root) + "/") for x in cmd):
             with contextlib.suppress(psutil.Error):
                 p.kill()
 

@@ -127,7 +127,7 @@ class ChaosRun:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
         self.cluster.stop()
-        faultops.kill_restart_helpers(self.cluster)
+        faultops.kill_leftovers(self.root)
         for d in self.mounted:
             faultops.umount(d)
 
@@ -175,7 +175,7 @@ class ChaosRun:
         """systemd's Restart=always with RestartSec=5s (K3s's unit): a K3s that exited on its own (a crash at
         start) is started again 5 s later; one the harness stopped stays down for its hold."""
         for i, n in enumerate(self.cluster.nodes):
-            if i in self.held_down or n.server.pid is not None:
+            if i in self.held_down or faultops.k3s_pids(n.server.data_dir):
                 self.down_since.pop(i, None)
                 continue
             since = self.down_since.setdefault(i, time.time())
