@@ -47,7 +47,8 @@ def chaos_settings() -> Dict[str, Any]:
     return s
 
 
-QUIET = {"rotation-interval": "90d", "grace-period": "2h"}  # after the faults: nothing new falls due
+# After the faults: no new rotation falls due; a prune due after the grace still goes, so convergence includes it.
+QUIET = {"rotation-interval": "90d"}
 
 
 @dataclass
@@ -93,6 +94,7 @@ class Result:
 class ChaosRun:
     def __init__(self, root: Path, seed: int, servers: int = 3, length: float = 60.0) -> None:
         self.root, self.seed, self.length = root, seed, length
+        self.converge_max = CONVERGE_MAX
         self.cluster = Cluster(root, servers)
         self.manual: Dict[int, subprocess.Popen] = {}
         self.manual_logs: List[Path] = []
@@ -215,7 +217,7 @@ class ChaosRun:
 
     def _converge(self) -> Optional[float]:
         start = time.time()
-        deadline = start + CONVERGE_MAX
+        deadline = start + self.converge_max
         last = ""
         while time.time() < deadline:
             self._supervise()
@@ -225,7 +227,7 @@ class ChaosRun:
             if self._halted():
                 return None
             time.sleep(1.0)
-        self.observer.violate("converge", f"not converged {CONVERGE_MAX:g}s after the faults stopped: {last}")
+        self.observer.violate("converge", f"not converged {self.converge_max:g}s after the faults stopped: {last}")
         return None
 
     def _not_converged(self) -> str:
@@ -275,13 +277,29 @@ def _intent(n: ClusterNode) -> Optional[Dict[str, Any]]:
     return intent if isinstance(intent, dict) else None
 
 
-def run(root: Path, seed: int, servers: int = 3, length: float = 60.0, keep: Optional[Sequence[int]] = None) -> Result:
-    """One schedule from `seed` (or the faults at indexes `keep` of it), run to convergence."""
-    schedule = make(seed, servers, length)
-    if keep is not None:
-        schedule = [schedule[i] for i in sorted(set(keep))]
+def run(
+    root: Path,
+    seed: int,
+    servers: int = 3,
+    length: float = 60.0,
+    keep: Optional[Sequence[int]] = None,
+    schedule: Optional[Sequence[Fault]] = None,
+    product_leases: bool = False,
+    converge_max: float = CONVERGE_MAX,
+) -> Result:
+    """One schedule from `seed` (or the faults at indexes `keep` of it, or `schedule` as given), run to
+    convergence. product_leases: the product's own lease length (2 x restart-timeout + 60 s) instead of the
+    cluster tests' 8 s."""
+    if schedule is None:
+        schedule = make(seed, servers, length)
+        if keep is not None:
+            schedule = [schedule[i] for i in sorted(set(keep))]
     c = ChaosRun(root, seed, servers, length)
     c.result.kept = keep
+    c.converge_max = converge_max
+    if product_leases:
+        for n in c.cluster:
+            n.env = lambda extra=None: dict(extra or {})  # type: ignore[method-assign]
     try:
         c.start()
         return c.run(schedule)
