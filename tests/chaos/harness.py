@@ -5,6 +5,7 @@ all the while. `run(seed)` returns a Result; a failing one prints its seed and t
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import signal
@@ -250,6 +251,9 @@ class ChaosRun:
         down = [n.name for n in nodes if not n.server.is_ready()]
         if down:
             return f"K3s not ready on {', '.join(down)}"
+        due = [f"{n.name} ({a})" for n in nodes for a in [_due(n)] if a]
+        if due:
+            return f"a step due and not done: {', '.join(due)}"
         return ""
 
     def _halted(self) -> bool:
@@ -266,6 +270,19 @@ class ChaosRun:
             if not recorded:
                 self.observer.violate("halts", f"{n.name} halted (rollback failed) with no rollback.failed record")
                 self.result.violations = sorted(self.observer.violations, key=lambda v: v.t)
+
+
+def _due(n: ClusterNode) -> str:
+    """The step status says is due now (its not_before has passed), or ""."""
+    proc = n.k3srotd("status", "--json", timeout=60)
+    try:
+        nxt = json.loads(proc.stdout).get("next_action") or {}
+    except ValueError:
+        return f"status exited {proc.returncode}"
+    when = nxt.get("not_before")
+    if when and dt.datetime.fromisoformat(when.replace("Z", "+00:00")).timestamp() <= time.time():
+        return str(nxt.get("action"))
+    return ""
 
 
 def _intent(n: ClusterNode) -> Optional[Dict[str, Any]]:
