@@ -37,14 +37,14 @@ def main() -> int:
     ap.add_argument("--seeds", default="1-10", help="three-server seeds, e.g. 1-10 or 3,7")
     ap.add_argument("--five", type=int, default=1, help="how many five-server schedules (seeds 1001..)")
     ap.add_argument("--length", type=float, default=60.0, help="seconds of faults per schedule")
-    ap.add_argument("--product-leases", action="store_true", help="the product's lease length, not the tests' 8 s")
+    ap.add_argument("--test-leases", action="store_true", help="the cluster tests' 8 s leases, not the product's")
     a = ap.parse_args()
     plan = [(s, 3) for s in _seeds(a.seeds)] + [(1000 + i, 5) for i in range(1, a.five + 1)]
     results: list[Result] = []
     started = time.monotonic()
     for seed, servers in plan:
         d = Path(tempfile.mkdtemp(prefix=f"chaos-{seed}-"))
-        r = run(d, seed, servers, a.length, product_leases=a.product_leases)
+        r = run(d, seed, servers, a.length, test_leases=a.test_leases)
         results.append(r)
         print(r.report(), flush=True)
         if r.ok:

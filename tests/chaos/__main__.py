@@ -19,7 +19,7 @@ def main() -> int:
     ap.add_argument("--length", type=float, default=60.0, help="seconds of faults")
     ap.add_argument("--keep", help="only the faults at these indexes of the schedule (a shrunk schedule)")
     ap.add_argument("--shrink", action="store_true", help="on a failure, look for fewer faults that still fail")
-    ap.add_argument("--product-leases", action="store_true", help="the product's lease length, not the tests' 8 s")
+    ap.add_argument("--test-leases", action="store_true", help="the cluster tests' 8 s leases, not the product's")
     ap.add_argument("--dir", help="keep the run's files here (default: a temporary folder)")
     a = ap.parse_args()
     keep = [int(x) for x in a.keep.split(",")] if a.keep else None
@@ -38,9 +38,9 @@ def _once(a: argparse.Namespace, keep: Optional[List[int]]):  # type: ignore[no-
 
     if a.dir:
         Path(a.dir).mkdir(parents=True, exist_ok=True)
-        return run(Path(a.dir), a.seed, a.servers, a.length, keep, product_leases=a.product_leases)
+        return run(Path(a.dir), a.seed, a.servers, a.length, keep, test_leases=a.test_leases)
     with tempfile.TemporaryDirectory(prefix="chaos-") as d:
-        return run(Path(d), a.seed, a.servers, a.length, keep, product_leases=a.product_leases)
+        return run(Path(d), a.seed, a.servers, a.length, keep, test_leases=a.test_leases)
 
 
 def _shrink(a: argparse.Namespace, keep: List[int], invariants: set) -> List[int]:
