@@ -65,12 +65,15 @@ class Result:
     t0: float = 0.0
     seen: str = ""  # what the observer saw: passes, keys that signed, manual commands' exit codes
     kept: Optional[Sequence[int]] = None
+    explicit: bool = False
 
     @property
     def ok(self) -> bool:
         return not self.violations
 
     def replay(self) -> str:
+        if self.explicit:
+            return "pytest tests/chaos/test_chaos.py -k regression --runxfail (a schedule written out in the test)"
         keep = f" --keep {','.join(map(str, self.kept))}" if self.kept is not None else ""
         return f"python tests/chaos --seed {self.seed} --servers {self.servers} --length {self._length:g}{keep}"
 
@@ -307,12 +310,14 @@ def run(
     """One schedule from `seed` (or the faults at indexes `keep` of it, or `schedule` as given), run to
     convergence. Leases have the product's own length (2 x restart-timeout + 60 s); test_leases: the cluster
     tests' 8 s instead (shorter than a restart here under load: a lease then runs out during a restart)."""
+    explicit = schedule is not None
     if schedule is None:
         schedule = make(seed, servers, length)
         if keep is not None:
             schedule = [schedule[i] for i in sorted(set(keep))]
     c = ChaosRun(root, seed, servers, length)
     c.result.kept = keep
+    c.result.explicit = explicit
     c.converge_max = converge_max
     if not test_leases:
         for n in c.cluster:
