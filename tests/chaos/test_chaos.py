@@ -17,7 +17,20 @@ from chaos.schedule import Fault
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("chaos")]
 
-SUITE_SEEDS = [1]  # one schedule of 60 s of faults: about two to three minutes with convergence
+# Known k3srotd defects (issue 11) that the chaos runs show today; each test below that shows one is marked
+# xfail(strict=True) with it, so that it flips to a failure, to be unmarked, once the defect is fixed.
+QUORUM = (
+    "issue 11, a server already down: a step starts and restarts a server while another server's K3s is down "
+    "(two of three down: etcd loses quorum)"
+)
+GATE_SLEEP = (
+    "issue 11, coordination costs: a daemon whose prune gate says 'not yet' (on a cluster its first verdict is "
+    "always 'have not answered') sleeps 5 minutes, neither answering nor following steps, so the cluster does "
+    "not converge within 240 s"
+)
+# One schedule of 60 s of faults: three minutes when it converges, six when it does not (the bound is 240 s).
+# Seed 1 fails today: a follower's prune gate said "not yet" and it slept while a rotate-now waited for it.
+SUITE_SEEDS = [pytest.param(1, marks=pytest.mark.xfail(strict=True, reason=GATE_SLEEP))]
 
 
 def _assert_ok(r: Result) -> None:
@@ -40,15 +53,8 @@ def test_replay(tmp_path: Path) -> None:
     _assert_ok(run(tmp_path, int(os.environ["CHAOS_SEED"]), servers, length, keep))
 
 
-# Shrunk schedules of failures found by the chaos runs. Each is marked xfail(strict=True) with the known k3srotd
-# defect it shows (issue 11), so that it flips to a failure, to be unmarked, once the defect is fixed.
-QUORUM = (
-    "issue 11, a server already down: a step starts and restarts a server while another server's K3s is down "
-    "(two of three down: etcd loses quorum)"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=QUORUM)
+# Shrunk schedules of failures found by the chaos runs.
+@pytest.mark.xfail(strict=True, reason=QUORUM + "; and " + GATE_SLEEP)
 def test_regression_a_step_while_a_server_is_stopped_keeps_quorum(tmp_path: Path) -> None:
     """The pattern of seeds 3, 5 and 6 (K3s stopped on one server, then k3srotd restarts another), shrunk by hand to
     two faults: server-2's K3s is stopped (systemctl stop) and a rotate-now runs on server-0 meanwhile."""
