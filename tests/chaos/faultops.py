@@ -98,16 +98,6 @@ def ensure_k3s(run: ChaosRun, i: int) -> None:
         srv.start(wait=False)
 
 
-def ensure_daemon(run: ChaosRun, i: int) -> None:
-    n = run.cluster[i]
-    if n.daemon is None or n.daemon.poll() is not None:
-        n.daemon = None
-        n.start_daemon()
-    # a daemon still finishing its step after SIGTERM: look again later
-    elif getattr(n.daemon, "chaos_stopping", False):
-        run.later(1.0, lambda: ensure_daemon(run, i))
-
-
 def _signal_daemon(run: ChaosRun, i: int, sig: int, hold: float) -> bool:
     n = run.cluster[i]
     if n.daemon is None or n.daemon.poll() is not None:
@@ -115,8 +105,6 @@ def _signal_daemon(run: ChaosRun, i: int, sig: int, hold: float) -> bool:
     os.kill(n.daemon.pid, sig)
     if sig == signal.SIGKILL:
         n.daemon.wait(timeout=10)
-    else:
-        n.daemon.chaos_stopping = True  # type: ignore[attr-defined]
     run.later(hold, lambda: _restart_daemon(run, i))
     return True
 

@@ -202,9 +202,12 @@ class ChaosRun:
 
     def _end_faults(self) -> None:
         """Faults stop: every restore runs now, emulator faults are cleared, every K3s and daemon runs again."""
-        for t in sorted(self.timers):
-            t[2]()
-        self.timers.clear()
+        while self.timers:  # a restore may ask to run again (a daemon still finishing its step after SIGTERM)
+            due, self.timers = sorted(self.timers), []
+            for t in due:
+                t[2]()
+            if self.timers:
+                time.sleep(1.0)
         for n in self.cluster:
             n.server.clear_faults()
             faultops.unfill(n)
@@ -225,6 +228,10 @@ class ChaosRun:
         last = ""
         while time.time() < deadline:
             self._supervise()
+            for n in self.cluster:  # a daemon stopped by SIGTERM once its step ended: started again (its hold)
+                if n.daemon is None or n.daemon.poll() is not None:
+                    n.daemon = None
+                    n.start_daemon()
             last = self._not_converged()
             if not last:
                 return time.time() - start
