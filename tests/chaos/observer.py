@@ -25,6 +25,7 @@ from k3semu.client import KubeClient
 from k3semu.harness import EmulatedServer, token_kid
 from k3semu.keys import kid_of, pem_blocks
 
+REACT = 3.0  # seconds: a restart that begins this soon after an injected down was decided before it
 SLACK = 3.0  # seconds: the observer samples, it does not see the instant a key stopped signing
 
 
@@ -249,7 +250,8 @@ class Observer:
                     continue
                 for j, theirs in windows.items():
                     for b, e, by in theirs:
-                        if j != i and b < begin < e:
+                        react = 0.0 if by else REACT  # an injected down just before: k3srotd had decided already
+                        if j != i and b + react < begin < e:
                             why = "a restart by k3srotd" if by else "an injected fault"
                             self.violate(
                                 "quorum",
