@@ -25,7 +25,7 @@ from k3semu.client import KubeClient
 from k3semu.harness import EmulatedServer, token_kid
 from k3semu.keys import kid_of, pem_blocks
 
-REACT = 3.0  # seconds: a restart that begins this soon after an injected down was decided before it
+REACT = 1.0  # seconds: a restart that begins this soon after an injected down was decided before it
 SLACK = 3.0  # seconds: the observer samples, it does not see the instant a key stopped signing
 
 

@@ -49,8 +49,10 @@ def observer(*servers: List[Dict[str, Any]], injected: tuple = ()) -> Observer:
         ([up(1) + restart(10, 1, 2, 14), up(3) + restart(12, 3, 4, 15), up(5)], (), ["server-1 at t+12.0s"]),
         # the harness stopped server-2 at 5 (injected), k3srotd restarts server-0 at 10: a finding
         ([up(1) + restart(10, 1, 2, 12), up(3), up(5) + restart(5, 5, 6, 30)], ((2, 4.9, 5.2),), ["server-0"]),
-        # k3srotd's restart begins 2 s after the injected stop: decided before it, no finding
-        ([up(1) + restart(7, 1, 2, 12), up(3), up(5) + restart(5, 5, 6, 30)], ((2, 4.9, 5.2),), []),
+        # k3srotd's restart begins 0.5 s after the injected stop: decided before it, no finding
+        ([up(1) + restart(5.5, 1, 2, 12), up(3), up(5) + restart(5, 5, 6, 30)], ((2, 4.9, 5.2),), []),
+        # ... but 2 s after it is a finding (seed 9: the turn was taken 1.4 s after the down)
+        ([up(1) + restart(7, 1, 2, 12), up(3), up(5) + restart(5, 5, 6, 30)], ((2, 4.9, 5.2),), ["server-0"]),
         # the injected stop itself, while k3srotd restarts nobody else: no finding
         ([up(1), up(3), up(5) + restart(5, 5, 6, 30)], ((2, 4.9, 5.2),), []),
         # k3srotd restarts server-0 while server-2 was down since a kill -9 (no record): the harness's times count
