@@ -48,7 +48,8 @@ class Ctx:
     "config",
     metavar="FILE",
     envvar="K3SROTD_CONFIG",
-    help="Main config file (default /etc/k3srotd/config.yaml); its drop-ins are FILE.d/*.yaml.",
+    help="Main config file (default /etc/k3srotd/config.yaml; a missing file means all defaults); its drop-ins "
+    "are FILE.d/*.yaml. Also from K3SROTD_CONFIG.",
 )
 @click.option(
     "--log-format",
@@ -86,7 +87,7 @@ def _events(obj: Ctx, log: Any) -> Any:
 
 @cli.command("rotate-now")
 @click.option("--dry-run", is_flag=True, help="Print what would be done; write, run and restart nothing.")
-@click.option("--skip-publish-wait", is_flag=True, help="Promote at once after publish (after a key leak).")
+@click.option("--skip-publish-wait", is_flag=True, help="Promote right after publish (after a key leak).")
 @click.option("--ignore-window", is_flag=True, help="Run outside maintenance-window.")
 @click.pass_obj
 def rotate_now(obj: Ctx, dry_run: bool, skip_publish_wait: bool, ignore_window: bool) -> None:
@@ -133,22 +134,31 @@ def rollback(obj: Ctx, yes: bool, ignore_window: bool) -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="One JSON object (see the README for its fields).")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object: phase, signer_kid, keys (position, kid, role, algorithm, bits, retired_at), "
+    "last_rotation, next_action.",
+)
 @click.pass_obj
 def status(obj: Ctx, as_json: bool) -> None:
     """Keys, roles, phase, and what happens next and when."""
     from k3srotd.commands import status as st
 
-    click.echo(st.render(obj.cfg, as_json), nl=False)
+    click.echo(st.render(obj.cfg, as_json, config_path=obj.config_path), nl=False)
 
 
 @cli.command()
 @click.pass_obj
 def doctor(obj: Ctx) -> None:
-    """Preflight checks, one PASS/WARN/FAIL line each; exit 0 when nothing FAILs."""
+    """Preflight checks, one PASS/WARN/FAIL/SKIP line each; exit 0 when nothing FAILs.
+
+    SKIP: a check that did not run, and why (a FAIL it follows from, or nothing to check here).
+    """
     from k3srotd.commands import doctor as dr
 
-    lines, failed = dr.run(obj.cfg)
+    lines, failed = dr.run(obj.cfg, obj.config_path)
     for line in lines:
         click.echo(line)
     if failed:
@@ -158,7 +168,11 @@ def doctor(obj: Ctx) -> None:
 @cli.command()
 @click.pass_obj
 def run(obj: Ctx) -> None:
-    """The daemon: schedules and drives rotations and prunes; resumes an interrupted step at start."""
+    """The daemon: schedules and drives rotations and prunes; resumes an interrupted step at start.
+
+    It starts rotations and prunes by itself only with `automatic: true` in the config; without it, it finishes
+    or undoes an interrupted step, follows a step started on another server, and says what would be due.
+    """
     from k3srotd.daemon import service as daemon
 
     sys.exit(daemon.main(obj.config_path, obj.log_format))

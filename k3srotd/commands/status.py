@@ -52,7 +52,7 @@ def _when(t: Optional[dt.datetime], now: dt.datetime) -> str:
     return f"{ts(t)} ({rel})"
 
 
-def render(cfg: Config, as_json: bool, clock: Optional[Clock] = None) -> str:
+def render(cfg: Config, as_json: bool, clock: Optional[Clock] = None, config_path: Optional[str] = None) -> str:
     snap = snapshot(cfg, clock)
     v: engine.View = snap.pop("_view")
     if as_json:
@@ -65,9 +65,11 @@ def render(cfg: Config, as_json: bool, clock: Optional[Clock] = None) -> str:
     ]
     plan = v.next_plan(cfg)
     if plan is not None:
-        rows.append(("next", f"{plan.action} {_when(plan.not_before, now)}"))
+        by = "" if cfg.automatic else f"; run `k3srotd {'prune' if plan.action == 'prune' else 'rotate-now'}`"
+        rows.append(("next", f"{plan.action} {_when(plan.not_before, now)}{by}"))
         if plan.not_before != plan.due:
             rows.append(("", f"(due {ts(plan.due)}, held for the maintenance window)"))
+    rows.append(_automatic_row(cfg, config_path))
     if v.state.intent is not None and v.state.intent.stage == "rolling":  # multi-server: waits for the others
         rows.append(
             (
@@ -111,6 +113,15 @@ def render(cfg: Config, as_json: bool, clock: Optional[Clock] = None) -> str:
     if servers:
         lines += ["", *servers]
     return "\n".join(lines) + "\n"
+
+
+def _automatic_row(cfg: Config, config_path: Optional[str]) -> tuple[str, str]:
+    """Whether the daemon acts by itself, and, when it does not, how to opt in."""
+    from k3srotd.core.schedule import opt_in_hint
+
+    if cfg.automatic:
+        return ("automatic", "on: the daemon starts the next step when it is due")
+    return ("automatic", f"off: the daemon starts no rotation or prune by itself; {opt_in_hint(config_path)}")
 
 
 def _identity_rows(cfg: Config, v: engine.View) -> list[tuple[str, str]]:
