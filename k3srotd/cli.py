@@ -91,7 +91,7 @@ def _events(obj: Ctx, log: Any) -> Any:
 @click.option("--ignore-window", is_flag=True, help="Run outside maintenance-window.")
 @click.pass_obj
 def rotate_now(obj: Ctx, dry_run: bool, skip_publish_wait: bool, ignore_window: bool) -> None:
-    """Rotate now, up to the new key signing (staged: publish, wait, promote).
+    """Rotate now, in the foreground, up to the new key signing (staged: publish, wait, promote).
 
     Continues a rotation already under way.
     """
@@ -111,7 +111,7 @@ def rotate_now(obj: Ctx, dry_run: bool, skip_publish_wait: bool, ignore_window: 
 @click.option("--ignore-window", is_flag=True, help="Run outside maintenance-window.")
 @click.pass_obj
 def prune(obj: Ctx, dry_run: bool, force: bool, yes: bool, ignore_window: bool) -> None:
-    """Drop retired keys whose grace-period has passed."""
+    """Drop retired keys whose grace-period has passed; --force drops them before that."""
     from k3srotd.commands import manual as commands
 
     if dry_run:
@@ -126,7 +126,7 @@ def prune(obj: Ctx, dry_run: bool, force: bool, yes: bool, ignore_window: bool) 
 @click.option("--ignore-window", is_flag=True, help="Run outside maintenance-window.")
 @click.pass_obj
 def rollback(obj: Ctx, yes: bool, ignore_window: bool) -> None:
-    """Put back the key set that was live before the last completed step."""
+    """Put back the key set that was live before the last completed step; asks first unless --yes."""
     from k3srotd.commands import manual as commands
 
     log = obj.logger()
