@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 import click
 
 from k3srotd import __version__
+
+if TYPE_CHECKING:  # types only: `k3srotd --version` imports click alone
+    from k3srotd.config import Config
+    from k3srotd.core.ports import Log
+    from k3srotd.engine.executor import Events, Progress
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -22,10 +27,10 @@ class Ctx:
         self.config_path = config
         self.log_format = log_format
         self.debug = debug
-        self._cfg: Any = None
+        self._cfg: Optional[Config] = None
 
     @property
-    def cfg(self) -> Any:
+    def cfg(self) -> Config:
         if self._cfg is None:
             from k3srotd import config
 
@@ -35,7 +40,7 @@ class Ctx:
                 click.echo(f"k3srotd: {explicit}: does not exist; using the defaults and {explicit}.d/*.yaml", err=True)
         return self._cfg
 
-    def logger(self) -> Any:
+    def logger(self) -> Log:
         from k3srotd.output import logs
 
         return logs.configure(self.log_format or self.cfg.log_format)
@@ -63,7 +68,7 @@ def cli(ctx: click.Context, config: Optional[str], log_format: Optional[str], de
     ctx.obj = Ctx(config, log_format, debug)
 
 
-def _progress(log: Any) -> Any:
+def _progress(log: Log) -> Progress:
     """On a TTY, one line rewritten in place; off a TTY, a plain log line every 15 s."""
     tty = sys.stderr.isatty()
     last = [-15.0]
@@ -79,10 +84,11 @@ def _progress(log: Any) -> Any:
     return show
 
 
-def _events(obj: Ctx, log: Any) -> Any:
+def _events(obj: Ctx, log: Log) -> Events:
+    from k3srotd.core.clock import Clock
     from k3srotd.output.observers import make_events
 
-    return make_events(obj.cfg, log)
+    return make_events(obj.cfg, log, Clock())
 
 
 @cli.command("rotate-now")
@@ -145,8 +151,9 @@ def rollback(obj: Ctx, yes: bool, ignore_window: bool) -> None:
 def status(obj: Ctx, as_json: bool) -> None:
     """Keys, roles, phase, and what happens next and when."""
     from k3srotd.commands import status as st
+    from k3srotd.core.clock import Clock
 
-    click.echo(st.render(obj.cfg, as_json, config_path=obj.config_path), nl=False)
+    click.echo(st.render(obj.cfg, as_json, Clock(), obj.config_path), nl=False)
 
 
 @cli.command()
@@ -157,8 +164,9 @@ def doctor(obj: Ctx) -> None:
     SKIP: a check that did not run, and why (a FAIL it follows from, or nothing to check here).
     """
     from k3srotd.commands import doctor as dr
+    from k3srotd.core.clock import Clock
 
-    lines, failed = dr.run(obj.cfg, obj.config_path)
+    lines, failed = dr.run(obj.cfg, Clock(), obj.config_path)
     for line in lines:
         click.echo(line)
     if failed:

@@ -68,22 +68,24 @@ def other_rotator(cfg: Config, k3s: K3s) -> Verdict:
     return PASS, "other rotators: Microsoft's Key Manager for Kubernetes extension is not installed"
 
 
+def binary(cfg: Config) -> Verdict:
+    if os.access(cfg.k3s_bin, os.X_OK):
+        return PASS, f"k3s-bin: {cfg.k3s_bin}"
+    return FAIL, f"k3s-bin: {cfg.k3s_bin} is missing or not executable; install K3s or set k3s-bin"
+
+
+def server_node(cfg: Config, k3s: K3s) -> Verdict:
+    server = Path(cfg.k3s_data_dir) / "server"
+    if k3s.is_server_node():
+        return PASS, f"K3s server node: {server} exists"
+    return FAIL, (
+        f"K3s server node: {server} does not exist; not a K3s server (agent or no K3s); k3srotd runs on "
+        "servers only, or set k3s-data-dir"
+    )
+
+
 def node_checks(cfg: Config, k3s: K3s, levels: Mapping[str, str]) -> list[Check]:
     live: dict[str, keys.KeyFile] = {}
-
-    def binary() -> Verdict:
-        if os.access(cfg.k3s_bin, os.X_OK):
-            return PASS, f"k3s-bin: {cfg.k3s_bin}"
-        return FAIL, f"k3s-bin: {cfg.k3s_bin} is missing or not executable; install K3s or set k3s-bin"
-
-    def server_node() -> Verdict:
-        server = Path(cfg.k3s_data_dir) / "server"
-        if k3s.is_server_node():
-            return PASS, f"K3s server node: {server} exists"
-        return FAIL, (
-            f"K3s server node: {server} does not exist; not a K3s server (agent or no K3s); k3srotd runs on "
-            "servers only, or set k3s-data-dir"
-        )
 
     def keyfile() -> Verdict:
         try:
@@ -120,8 +122,8 @@ def node_checks(cfg: Config, k3s: K3s, levels: Mapping[str, str]) -> list[Check]
         return PASS, f"API: /readyz ok, JWKS lists {len(kids)} key(s)"
 
     return [
-        Check(BIN, binary),
-        Check(NODE, server_node, (BIN,)),
+        Check(BIN, lambda: binary(cfg)),
+        Check(NODE, lambda: server_node(cfg, k3s), (BIN,)),
         Check(RUNNING, lambda: doctor_host.k3s_process(cfg.k3s_bin, cfg.k3s_data_dir), (NODE,)),
         Check("K3s version", lambda: version(cfg), (BIN,)),
         Check(LIVE, keyfile, (NODE,)),
@@ -198,7 +200,7 @@ def checks(cfg: Config, outcome: Outcome, clock: Clock, config_path: Optional[st
     ]
 
 
-def run(cfg: Config, config_path: Optional[str] = None, clock: Optional[Clock] = None) -> tuple[list[str], bool]:
+def run(cfg: Config, clock: Clock, config_path: Optional[str] = None) -> tuple[list[str], bool]:
     outcome = Outcome([], False, {})
-    run_checks(checks(cfg, outcome, clock or Clock(), config_path), outcome)
+    run_checks(checks(cfg, outcome, clock, config_path), outcome)
     return outcome.lines, outcome.failed
