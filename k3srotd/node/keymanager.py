@@ -66,3 +66,17 @@ def detect(api: KubeAPI) -> Optional[str]:
         raise APIError(f"/apis/{version}/extensionconfigs: HTTP {status}", status)
     found = key_managers(listing)
     return refusal(found) if found else None
+
+
+def refuse_if_installed(api: KubeAPI, what: str) -> None:
+    """For `rotate-now` and `prune` by hand: refused (exit 3) while the extension is installed, as the daemon's
+    own steps are; a dry run and `rollback` (which puts back what k3srotd itself replaced) are not refused. An
+    API that cannot say does not refuse here: the step's own checks need the API, and say so."""
+    from k3srotd.errors import SafetyRefusal
+
+    try:
+        found = detect(api)
+    except APIError:
+        return
+    if found is not None:
+        raise SafetyRefusal(f"{what} refused: {found}")
