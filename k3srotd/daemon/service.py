@@ -184,7 +184,8 @@ class Daemon:
         if not self.cfg.verify_api:
             return None
         try:
-            return keymanager.detect(s.k3s.api())
+            found = keymanager.detect(s.k3s.api())
+            return None if found is None else f"no other rotator of this key: {found}"
         except (APIError, K3srotdError) as e:
             return f"the API, to tell whether another rotator is installed ({e})"
 

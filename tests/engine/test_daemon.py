@@ -291,7 +291,7 @@ def test_without_automatic_a_due_rotation_only_says_so(node: Node) -> None:
     assert "daemon.step" not in events and "publish.done" not in events
 
 
-def test_without_automatic_the_daemon_still_undoes_an_interrupted_step_and_writes_metrics(
+def test_without_automatic_the_daemon_still_undoes_an_interrupted_step_and_a_drop_in_opts_in(
     node: Node, tmp_path: Path
 ) -> None:
     signer = node.server.signer_kid()
@@ -309,13 +309,20 @@ def test_without_automatic_the_daemon_still_undoes_an_interrupted_step_and_write
         assert node.server.datastore_kids() == [signer] == node.server.jwks_kids()
         assert "interrupted" not in node.ok("status").stdout
         assert "k3srotd_phase" in metrics.read_text()
+        # the opt-in, as a fleet's config management writes it: a drop-in, then a reload
+        drop_in = Path(str(node.config) + ".d")
+        drop_in.mkdir()
+        (drop_in / "50-automatic.yaml").write_text("automatic: true\nrotation-interval: 30d\n")
+        proc.send_signal(signal.SIGHUP)
+        notify.wait_for("doing publish", timeout=60)
+        notify.wait_for("next prune at", timeout=90)  # publish, then promote (publish-wait 0s here)
     finally:
         proc.send_signal(signal.SIGTERM)
         err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 0, err
     events = [json.loads(ln)["event"] for ln in err.splitlines() if ln.startswith("{")]
     assert "resume.done" in events and "daemon.manual" in events
-    assert "daemon.step" not in events and "publish.done" not in events
+    assert events.index("config.reloaded") < events.index("daemon.step") < events.index("publish.done")
 
 
 def test_status_and_doctor_say_automatic_is_off_and_how_to_opt_in(node: Node) -> None:

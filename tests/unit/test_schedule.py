@@ -195,7 +195,8 @@ def test_without_the_opt_in_nothing_starts(
             "2025-01-01T00:00:00",
             False,
             "phase idle; publish is due (since 2025-04-01T00:00:00Z), but automatic steps are off: run "
-            "`k3srotd rotate-now`, or to opt in, write `automatic: true` to /etc/k3srotd/config.yaml.d/50-automatic.yaml",
+            "`k3srotd rotate-now`, or to opt in, write `automatic: true` to "
+            "/etc/k3srotd/config.yaml.d/50-automatic.yaml",
         ),
     ],
 )
