@@ -28,9 +28,13 @@ GATE_SLEEP = (
     "always 'have not answered') sleeps 5 minutes, neither answering nor following steps, so the cluster does "
     "not converge within 240 s"
 )
-# One schedule of 60 s of faults: three minutes when it converges, six when it does not (the bound is 240 s).
-# Seed 1 fails today: a follower's prune gate said "not yet" and it slept while a rotate-now waited for it.
-SUITE_SEEDS = [pytest.param(1, marks=pytest.mark.xfail(strict=True, reason=GATE_SLEEP))]
+# Seed 10 (30 s of faults, three minutes in all) passes today. Seed 1 (60 s; six minutes when it does not converge,
+# the bound being 240 s) fails today: a follower's prune gate said "not yet" and it slept while a rotate-now
+# waited for it.
+SUITE_SEEDS = [
+    pytest.param(10, 30.0, id="seed10"),
+    pytest.param(1, 60.0, id="seed1", marks=pytest.mark.xfail(strict=True, reason=GATE_SLEEP)),
+]
 
 
 def _assert_ok(r: Result) -> None:
@@ -38,9 +42,9 @@ def _assert_ok(r: Result) -> None:
     assert r.ok, r.report()
 
 
-@pytest.mark.parametrize("seed", SUITE_SEEDS)
-def test_three_servers_under_random_faults_keep_every_invariant(tmp_path: Path, seed: int) -> None:
-    _assert_ok(run(tmp_path, seed, servers=3, length=60))
+@pytest.mark.parametrize("seed, length", SUITE_SEEDS)
+def test_three_servers_under_random_faults_keep_every_invariant(tmp_path: Path, seed: int, length: float) -> None:
+    _assert_ok(run(tmp_path, seed, servers=3, length=length))
 
 
 @pytest.mark.skipif(not os.environ.get("CHAOS_SEED"), reason="set CHAOS_SEED (and CHAOS_SERVERS, CHAOS_KEEP) to replay")
