@@ -21,7 +21,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import VERSION, certs, faults, identity, jwt, keys, log, objects
+from . import VERSION, certs, faults, identity, join, jwt, keys, log, nodes, objects
 from .bootstrap import Datastore
 
 
@@ -62,6 +62,7 @@ _TOKEN_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/serviceaccounts/([^/]+)/t
 _SA_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/serviceaccounts(?:/([^/]+))?$")
 _LEASE_PATH = re.compile(r"^/apis/coordination\.k8s\.io/v1/namespaces/([^/]+)/leases(?:/([^/]+))?$")
 _NODE_PATH = re.compile(r"^/api/v1/nodes(?:/([^/]+))?$")
+_CACHE = {"Cache-Control": "public, max-age=3600"}  # pkg/routes/openidmetadata.go cacheControl
 _OPEN_API = ("/readyz", "/livez", "/healthz", "/version", "/openid/v1/jwks", "/.well-known/openid-configuration")
 
 
@@ -135,7 +136,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if auth.startswith("Bearer "):
             st = self.state
             try:
-                claims = jwt.verify(auth[7:].strip(), st.public_keys, st.issuers, st.api_audiences)
+                claims = self._authenticate(auth[7:].strip(), st.api_audiences)
             except jwt.TokenError:
                 return None
             ns = claims.get("kubernetes.io", {}).get("namespace", "")
@@ -145,6 +146,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 "system:authenticated",
             ]
         return None
+
+    def _authenticate(self, token: str, audiences: List[str]) -> Dict[str, Any]:
+        """pkg/serviceaccount/jwt.go + claims.go Validate: signature, issuer, audience, time (60 s leeway), and the
+        ServiceAccount must still exist with the token's UID."""
+        st = self.state
+        claims = jwt.verify(token, st.public_keys, st.issuers, audiences)
+        ref = claims.get("kubernetes.io", {})
+        ns, sa = ref.get("namespace", ""), ref.get("serviceaccount", {})
+        obj = identity.get_sa(st.datastore.directory, ns, str(sa.get("name", "")))
+        if obj is None:
+            raise jwt.TokenError(f"service account {ns}/{sa.get('name', '')} has been deleted")
+        if obj["metadata"]["uid"] != sa.get("uid"):
+            raise jwt.TokenError(
+                f"service account UID ({obj['metadata']['uid']}) does not match claim ({sa.get('uid', '')})"
+            )
+        return claims
 
     def do_GET(self) -> None:
         self._dispatch()
@@ -192,6 +209,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if not ok:
             self._body()
             self._send(401, status_body(401, "Unauthorized", "Unauthorized"))
+            return
+        if path == "/v1-k3s/server-bootstrap" and self.command == "GET":
+            st = self.state
+            peer = f"{self.client_address[0]}:{self.client_address[1]}"
+            self._send(200, join.serve(VERSION, st.server_dir, st.datastore, peer))
             return
         if path != "/v1-k3s/cert/cacerts":
             self._body()
@@ -252,9 +274,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             major, minor = VERSION.lstrip("v").split(".")[:2]
             info = {"major": major, "minor": minor, "gitVersion": VERSION, "platform": "linux/amd64"}
             self._send(200, json.dumps(info).encode())
+        elif path in ("/openid/v1/jwks", "/.well-known/openid-configuration") and not self._discovery():
+            self._send(404, status_body(404, "NotFound", "the server could not find the requested resource", {}))
         elif self.command == "GET" and path == "/openid/v1/jwks":
             doc = {"keys": [keys.jwk(k) for k in st.public_keys]}
-            self._send(200, json.dumps(doc).encode(), "application/jwk-set+json")
+            self._send(200, json.dumps(doc).encode(), "application/jwk-set+json", _CACHE)
         elif self.command == "GET" and path == "/.well-known/openid-configuration":
             algs = sorted({keys.algorithm(k) for k in st.public_keys})
             doc = {
@@ -264,7 +288,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 "subject_types_supported": ["public"],
                 "id_token_signing_alg_values_supported": algs,
             }
-            self._send(200, json.dumps(doc).encode())
+            self._send(200, json.dumps(doc).encode(), headers=_CACHE)
         elif path in _OPEN_API:
             self._send(
                 405,
@@ -292,6 +316,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._objects(path, query, body)
         else:
             self._send(404, status_body(404, "NotFound", "the server could not find the requested resource", {}))
+
+    def _discovery(self) -> bool:
+        """kube-apiserver installs the discovery endpoints only when serviceaccount.NewOpenIDMetadata succeeds:
+        an https issuer, and a JWK for every key (pkg/serviceaccount/openidmetadata.go; otherwise "Endpoints will
+        not be enabled", pkg/controlplane/apiserver/config.go)."""
+        st = self.state
+        if urllib.parse.urlsplit(st.issuers[0]).scheme != "https":
+            return False
+        try:
+            for k in st.public_keys:
+                keys.algorithm(k)
+        except keys.KeyFileError:
+            return False
+        return True
 
     def _service_accounts(self, ns: str, name: Optional[str], raw: bytes) -> None:
         store = self.state.datastore.directory
@@ -333,10 +371,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         node = _NODE_PATH.match(path)
         lease = _LEASE_PATH.match(path)
         if node and self.command == "GET":
+            grace = float(self.state.extra.get("node_grace", nodes.DEFAULT_GRACE))
             if node.group(1):
-                code, obj = objects.get_node(store, node.group(1))
+                code, obj = nodes.get_node(store, node.group(1), grace)
             else:
-                code, obj = 200, objects.list_nodes(store, (query.get("labelSelector") or [""])[0])
+                code, obj = 200, nodes.list_nodes(store, (query.get("labelSelector") or [""])[0], grace)
         elif lease and lease.group(2) is None and self.command == "GET":
             code, obj = 200, objects.list_leases(store, lease.group(1))
         elif lease and lease.group(2) is None and self.command == "POST":
@@ -371,10 +410,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
             )
             self._send(422, status_body(422, "Invalid", msg))
             return
+        sa = identity.get_sa(st.datastore.directory, ns, name)
+        if sa is None:  # pkg/registry/core/serviceaccount/storage/token.go: the ServiceAccount must exist
+            details = {"name": name, "kind": "serviceaccounts"}
+            self._send(404, status_body(404, "NotFound", f'serviceaccounts "{name}" not found', details))
+            return
         if st.max_expiration and seconds > st.max_expiration:
             seconds = st.max_expiration
         now = time.time()
         claims = jwt.service_account_claims(st.issuers[0], ns, name, audiences, seconds, now)
+        claims["kubernetes.io"]["serviceaccount"]["uid"] = sa["metadata"]["uid"]
         token = identity.tamper(st.data_dir, jwt.sign(st.signer, claims), st.public_keys, st.extra)
         expires = datetime.datetime.fromtimestamp(claims["exp"], datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         doc = {
@@ -396,7 +441,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         wanted = list(spec.get("audiences") or st.api_audiences)
         status: Dict[str, Any]
         try:
-            claims = jwt.verify(str(spec.get("token", "")), st.public_keys, st.issuers, wanted)
+            claims = self._authenticate(str(spec.get("token", "")), wanted)
             aud = claims.get("aud", [])
             aud = [aud] if isinstance(aud, str) else aud
             ns = claims.get("kubernetes.io", {}).get("namespace", "")

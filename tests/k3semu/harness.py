@@ -322,6 +322,9 @@ class EmulatedServer:
     def request_token(
         self, namespace: str, name: str, audiences: Optional[List[str]] = None, expiration_seconds: Optional[int] = None
     ) -> str:
+        """A token for namespace/name, creating the ServiceAccount first if it is missing (as a user would:
+        TokenRequest for a missing ServiceAccount is 404)."""
+        self.ensure_service_account(namespace, name)
         spec: Dict[str, Any] = {}
         if audiences:
             spec["audiences"] = audiences
@@ -330,6 +333,16 @@ class EmulatedServer:
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
         doc = self.client().json("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token", body)
         return str(doc["status"]["token"])
+
+    def ensure_service_account(self, namespace: str, name: str) -> Dict[str, Any]:
+        path = f"/api/v1/namespaces/{namespace}/serviceaccounts"
+        status, _, data = self.client().request("GET", f"{path}/{name}")
+        if status == 200:
+            return dict(json.loads(data))
+        status, _, data = self.client().request("POST", path, {"metadata": {"name": name}})
+        if status not in (201, 409):
+            raise ServerError(f"POST {path}: HTTP {status}: {data.decode(errors='replace')}")
+        return dict(self.client().json("GET", f"{path}/{name}"))
 
     def review_token(self, token: str, audiences: Optional[List[str]] = None) -> Dict[str, Any]:
         spec: Dict[str, Any] = {"token": token}
