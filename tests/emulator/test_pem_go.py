@@ -10,7 +10,6 @@ from typing import Dict, List
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-
 from k3semu import keys
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")

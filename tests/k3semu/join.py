@@ -67,8 +67,10 @@ def fetch(join_url: str, password: str, server_dir: str) -> Optional[bootstrap.F
     """httpBootstrap: the join URL's bootstrap data, or None (with K3s's warning) when it cannot be had."""
     url = urllib.parse.urlsplit(join_url)
     ca = os.path.join(server_dir, "tls", "server-ca.crt")
-    ctx = ssl.create_default_context(cafile=ca) if os.path.exists(ca) else ssl._create_unverified_context()
-    ctx.check_hostname = False
+    if not os.path.exists(ca):  # only a server that already joined asks (it has the cluster's CA)
+        return None
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.check_hostname = False  # clientaccess verifies the CA, and the serving cert names 127.0.0.1
     auth = base64.b64encode(f"server:{password}".encode()).decode()
     try:
         conn = http.client.HTTPSConnection(url.hostname or "127.0.0.1", url.port or 6443, context=ctx, timeout=15)

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple, Union
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import NameOID
 

@@ -4,7 +4,7 @@
   it `node-role.kubernetes.io/control-plane=true` and `master=true` only when the server runs both the agent and
   the apiserver (k3s pkg/server/server.go setNodeLabelsAndAnnotations returns early on DisableAgent or
   DisableAPIServer); `node-role.kubernetes.io/etcd=true` comes from the etcd member controller (pkg/etcd).
-- The kubelet heartbeats through its node Lease every nodeLeaseDurationSeconds × 0.25 (pkg/kubelet/kubelet.go,
+- The kubelet heartbeats through its node Lease every nodeLeaseDurationSeconds * 0.25 (pkg/kubelet/kubelet.go,
   nodeLeaseRenewIntervalFraction; default 40 s, so 10 s), honoured from `kubelet-arg: node-lease-duration-seconds=N`.
 - Ready turns Unknown ("Kubelet stopped posting node status.") only once no heartbeat came for the node monitor
   grace period (pkg/controller/nodelifecycle/node_lifecycle_controller.go tryUpdateNodeHealth;
