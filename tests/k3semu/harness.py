@@ -32,6 +32,7 @@ from . import keys as _keys
 from . import objects as _objects
 from .bootstrap import Datastore, File
 from .client import KubeClient
+from .lb import LoadBalancer
 from .restart import alive, is_server_of, read_pid
 
 BIN_DIR = Path(__file__).resolve().parent / "bin"
@@ -409,17 +410,45 @@ def token_kid(token: str) -> str:
 
 
 class EmulatedCluster:
-    """n servers on loopback sharing one datastore folder, each with its own data dir and port."""
+    """n servers on loopback sharing one datastore folder (etcd), each with its own data dir and port.
 
-    def __init__(self, n: int, tmpdir: PathLike, config_file: Optional[PathLike] = None) -> None:
+    join: None (every server reconciles from the datastore), "first" (servers 1.. have `--server` naming server 0,
+    the init server) or "lb" (servers 1.. join through a LoadBalancer over all servers, `self.lb`).
+    version: K3SEMU_VERSION for every server (it selects the join-URL bootstrap path, k3semu/join.py)."""
+
+    def __init__(
+        self,
+        n: int,
+        tmpdir: PathLike,
+        config_file: Optional[PathLike] = None,
+        join: Optional[str] = None,
+        version: Optional[str] = None,
+        extra_args: Sequence[str] = (),
+        env: Optional[Dict[str, str]] = None,
+    ) -> None:
         base = Path(tmpdir)
         self.datastore = base / "datastore"
+        env = dict(env or {}, **({"K3SEMU_VERSION": version} if version else {}))
         self.servers = [
             EmulatedServer(
-                base / f"server-{i}", datastore=self.datastore, config_file=config_file, node_name=f"server-{i}"
+                base / f"server-{i}",
+                datastore=self.datastore,
+                config_file=config_file,
+                node_name=f"server-{i}",
+                extra_args=extra_args,
+                env=env,
             )
             for i in range(n)
         ]
+        self.lb: Optional[LoadBalancer] = None
+        if join == "lb":
+            self.lb = LoadBalancer([s.port for s in self.servers])
+        if join in ("first", "lb"):
+            url = self.lb.url if self.lb else self.servers[0].url
+            for srv in self.servers[1:]:
+                srv.extra_args += ["--server", url]
+        elif join is not None:
+            raise ValueError(f"join must be None, 'first' or 'lb', not {join!r}")
 
     def start(self, timeout: float = 30) -> EmulatedCluster:
         for srv in self.servers:
@@ -431,6 +460,8 @@ class EmulatedCluster:
     def stop(self) -> None:
         for srv in self.servers:
             srv.stop()
+        if self.lb is not None:
+            self.lb.close()
 
     def __iter__(self) -> Iterator[EmulatedServer]:
         return iter(self.servers)
