@@ -7,7 +7,6 @@ import json
 import time
 
 import pytest
-
 from k3semu import jwt, keys
 from k3semu.harness import EmulatedServer
 
@@ -83,7 +82,7 @@ def test_expiry_has_sixty_seconds_of_leeway() -> None:
     assert jwt.verify(token, [key.public_key()], [iss], aud, now=now + 600 + 59)
     with pytest.raises(jwt.TokenError, match="expired"):
         jwt.verify(token, [key.public_key()], [iss], aud, now=now + 600 + 61)
-    with pytest.raises(jwt.TokenError, match="not valid yet|future"):
+    with pytest.raises(jwt.TokenError, match=r"not valid yet|future"):
         jwt.verify(token, [key.public_key()], [iss], aud, now=now - 61)
 
 

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import List
 
 import pytest
-
 from k3semu import join, keys
 from k3semu.harness import EmulatedCluster, EmulatedServer
 from k3semu.lb import LoadBalancer

@@ -7,7 +7,6 @@ import time
 from typing import Any, Dict, List
 
 import pytest
-
 from k3semu import apiserverid, nodes
 from k3semu.harness import EmulatedCluster, EmulatedServer
 

@@ -4,6 +4,7 @@ Runs as threads in the test process; `picks` records the upstream port of each c
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import threading
@@ -59,7 +60,5 @@ def _pipe(src: socket.socket, dst: socket.socket) -> None:
         pass
     finally:
         for s in (src, dst):
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
