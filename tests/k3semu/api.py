@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime
 import http.server
 import json
 import re
 import secrets
 import socket
 import sys
-import time
 import traceback
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import VERSION, certs, faults, identity, join, jwt, keys, log, nodes, objects
+from . import VERSION, certs, faults, identity, join, jwt, keys, log, nodes, objects, tokens
 from .bootstrap import Datastore
 
 
@@ -136,7 +134,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if auth.startswith("Bearer "):
             st = self.state
             try:
-                claims = self._authenticate(auth[7:].strip(), st.api_audiences)
+                claims = tokens.authenticate(st, auth[7:].strip(), st.api_audiences)
             except jwt.TokenError:
                 return None
             ns = claims.get("kubernetes.io", {}).get("namespace", "")
@@ -146,22 +144,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 "system:authenticated",
             ]
         return None
-
-    def _authenticate(self, token: str, audiences: List[str]) -> Dict[str, Any]:
-        """pkg/serviceaccount/jwt.go + claims.go Validate: signature, issuer, audience, time (60 s leeway), and the
-        ServiceAccount must still exist with the token's UID."""
-        st = self.state
-        claims = jwt.verify(token, st.public_keys, st.issuers, audiences)
-        ref = claims.get("kubernetes.io", {})
-        ns, sa = ref.get("namespace", ""), ref.get("serviceaccount", {})
-        obj = identity.get_sa(st.datastore.directory, ns, str(sa.get("name", "")))
-        if obj is None:
-            raise jwt.TokenError(f"service account {ns}/{sa.get('name', '')} has been deleted")
-        if obj["metadata"]["uid"] != sa.get("uid"):
-            raise jwt.TokenError(
-                f"service account UID ({obj['metadata']['uid']}) does not match claim ({sa.get('uid', '')})"
-            )
-        return claims
 
     def do_GET(self) -> None:
         self._dispatch()
@@ -302,9 +284,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         elif self.command == "POST" and _TOKEN_PATH.match(path):
             m = _TOKEN_PATH.match(path)
             assert m is not None
-            self._token_request(m.group(1), m.group(2), body)
+            self._send(*tokens.token_request(st, m.group(1), m.group(2), body))
         elif self.command == "POST" and path == "/apis/authentication.k8s.io/v1/tokenreviews":
-            self._token_review(body)
+            self._send(*tokens.token_review(st, body))
         elif self.command == "GET" and path == "/metrics":
             text = identity.metrics_text(st.data_dir, float(st.extra.get("started", 0)))
             self._send(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
@@ -393,78 +375,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._send(code, json.dumps(obj).encode())
         else:
             self._send(code, status_body(code, obj["reason"], obj["message"], obj.get("details")))
-
-    def _token_request(self, ns: str, name: str, raw: bytes) -> None:
-        st = self.state
-        try:
-            req = json.loads(raw or b"{}")
-        except ValueError:
-            req = None
-        spec = req.get("spec", {}) if isinstance(req, dict) else {}
-        audiences = list(spec.get("audiences") or st.api_audiences)
-        seconds = int(spec.get("expirationSeconds") or 3600)
-        if seconds < 600:
-            msg = (
-                f'TokenRequest.authentication.k8s.io "{name}" is invalid: spec.expirationSeconds: '
-                f"Invalid value: {seconds}: may not specify a duration less than 10 minutes"
-            )
-            self._send(422, status_body(422, "Invalid", msg))
-            return
-        sa = identity.get_sa(st.datastore.directory, ns, name)
-        if sa is None:  # pkg/registry/core/serviceaccount/storage/token.go: the ServiceAccount must exist
-            details = {"name": name, "kind": "serviceaccounts"}
-            self._send(404, status_body(404, "NotFound", f'serviceaccounts "{name}" not found', details))
-            return
-        if st.max_expiration and seconds > st.max_expiration:
-            seconds = st.max_expiration
-        now = time.time()
-        claims = jwt.service_account_claims(st.issuers[0], ns, name, audiences, seconds, now)
-        claims["kubernetes.io"]["serviceaccount"]["uid"] = sa["metadata"]["uid"]
-        token = identity.tamper(st.data_dir, jwt.sign(st.signer, claims), st.public_keys, st.extra)
-        expires = datetime.datetime.fromtimestamp(claims["exp"], datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        doc = {
-            "kind": "TokenRequest",
-            "apiVersion": "authentication.k8s.io/v1",
-            "metadata": {"name": name, "namespace": ns, "creationTimestamp": None},
-            "spec": {"audiences": audiences, "expirationSeconds": seconds, "boundObjectRef": None},
-            "status": {"token": token, "expirationTimestamp": expires},
-        }
-        self._send(201, json.dumps(doc).encode())
-
-    def _token_review(self, raw: bytes) -> None:
-        st = self.state
-        try:
-            req = json.loads(raw or b"{}")
-        except ValueError:
-            req = None
-        spec = req.get("spec", {}) if isinstance(req, dict) else {}
-        wanted = list(spec.get("audiences") or st.api_audiences)
-        status: Dict[str, Any]
-        try:
-            claims = self._authenticate(str(spec.get("token", "")), wanted)
-            aud = claims.get("aud", [])
-            aud = [aud] if isinstance(aud, str) else aud
-            ns = claims.get("kubernetes.io", {}).get("namespace", "")
-            sa_uid = claims.get("kubernetes.io", {}).get("serviceaccount", {}).get("uid", "")
-            status = {
-                "authenticated": True,
-                "user": {
-                    "username": claims["sub"],
-                    "uid": sa_uid,
-                    "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns}", "system:authenticated"],
-                },
-                "audiences": [a for a in wanted if a in aud],
-            }
-        except jwt.TokenError as exc:
-            status = {"authenticated": False, "user": {}, "error": f"[{exc}, token lookup failed]"}
-        doc = {
-            "kind": "TokenReview",
-            "apiVersion": "authentication.k8s.io/v1",
-            "metadata": {"creationTimestamp": None},
-            "spec": spec,
-            "status": status,
-        }
-        self._send(201, json.dumps(doc).encode())
 
 
 class HTTPSServer(http.server.ThreadingHTTPServer):
