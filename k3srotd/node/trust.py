@@ -1,0 +1,121 @@
+"""Which paths root may trust: owned by root (or the user k3srotd runs as), and writable by nobody else.
+
+Every folder on the way to a path counts too, up to /: whoever may rename an entry of a folder may swap what
+lies below it. A folder owned by root with the sticky bit (like /tmp) is safe as a parent, as for sshd's
+StrictModes and sudo: others cannot rename or remove what root owns in it. A path that does not exist yet is
+judged by the folders it would be created in. Symlinks are judged on both sides: the link's own folders and
+owner, and the path it leads to.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Optional
+
+from k3srotd.errors import SafetyRefusal
+
+if TYPE_CHECKING:
+    from k3srotd.config import Config
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    key: str  # the config key (or what) that names it
+    why: str
+
+    def line(self) -> str:
+        fix = f"chown root:root {self.path} && chmod go-w {self.path}"
+        return f"{self.path}: {self.why}; root trusts it as {self.key}. Fix it ({fix}) or set {self.key} elsewhere"
+
+
+def _trusted_uids() -> tuple[int, ...]:
+    return (0, os.geteuid())
+
+
+def unsafe(st: os.stat_result, parent: bool = False) -> Optional[str]:
+    """Why a file or folder with this status may not be trusted by root, or None. `parent`: a folder on the way
+    to the path, where root's sticky folders are safe."""
+    if st.st_uid not in _trusted_uids():
+        return f"is owned by uid {st.st_uid}, not root"
+    if stat.S_ISLNK(st.st_mode):
+        return None  # a link's mode means nothing; its folder and its target are judged
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        if parent and stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX and st.st_uid == 0:
+            return None
+        return f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def _chain(path: Path) -> Iterable[tuple[Path, bool]]:
+    """The path (False) and each folder above it up to / (True), without resolving links."""
+    yield path, False
+    for p in path.parents:
+        yield p, True
+
+
+def path_problem(path: str, key: str) -> Optional[Problem]:
+    """The first reason not to trust `path` or a folder on its way, or None."""
+    if not path or not os.path.isabs(path):
+        return None
+    for candidate in (Path(os.path.normpath(path)), Path(os.path.realpath(path))):
+        for p, parent in _chain(candidate):
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
+                continue  # to be created, by root, in a folder judged next
+            except OSError as e:
+                return Problem(str(p), key, f"cannot be checked ({e.strerror})")
+            why = unsafe(st, parent)
+            if why is not None:
+                return Problem(str(p), key, why + ("" if p == candidate else f" (a folder above {path})"))
+    return None
+
+
+def _argv0(cfg: Config) -> str:
+    cmd = cfg.restart_command[0] if cfg.restart_command else ""
+    return cmd if os.path.isabs(cmd) else (shutil.which(cmd) or "")
+
+
+def _hooks(hooks_dir: str) -> list[str]:
+    try:
+        names = sorted(os.listdir(hooks_dir))
+    except OSError:
+        return []
+    return [os.path.join(hooks_dir, n) for n in names if not n.startswith(".")]
+
+
+def config_paths(cfg: Config) -> list[tuple[str, str]]:
+    """(path, key) for everything root trusts or writes, as the config names it."""
+    out = [(cfg.state_dir, "state-dir"), (str(cfg.backup_dir), "state-dir"), (str(cfg.staging_key), "staging-dir")]
+    out += [(src, "the config") for src in cfg.sources]
+    out += [(cfg.hooks_dir, "hooks-dir")] + [(h, "hooks-dir") for h in _hooks(cfg.hooks_dir)]
+    out += [(cfg.k3s_bin, "k3s-bin"), (_argv0(cfg), "restart-command"), (cfg.kubeconfig, "kubeconfig")]
+    return out
+
+
+def problems(cfg: Config) -> list[Problem]:
+    """Every path root would trust that someone else could change: for doctor (one FAIL each)."""
+    found: list[Problem] = []
+    for path, key in config_paths(cfg):
+        p = path_problem(path, key)
+        if p is not None and all(p.path != q.path for q in found):
+            found.append(p)
+    return found
+
+
+def require(cfg: Config) -> None:
+    """Refuse (exit 3) before anything is read or written, naming the first untrusted path and the fix."""
+    found = problems(cfg)
+    if found:
+        raise SafetyRefusal(found[0].line())
+
+
+def require_path(path: str, key: str) -> None:
+    p = path_problem(path, key)
+    if p is not None:
+        raise SafetyRefusal(p.line())
