@@ -17,7 +17,6 @@ from k3srotd.core import gopem
 from k3srotd.errors import SafetyRefusal
 
 
-
 class KeyFileError(SafetyRefusal):
     """The key file cannot be used as it is: a safety refusal (exit 3), nothing is changed."""
 

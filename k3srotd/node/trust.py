@@ -20,6 +20,7 @@ from k3srotd.errors import SafetyRefusal
 
 if TYPE_CHECKING:
     from k3srotd.config import Config
+    from k3srotd.core.model import State
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def path_problem(path: str, key: str) -> Optional[Problem]:
         for p, parent in _chain(candidate):
             try:
                 st = os.lstat(p)
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 continue  # to be created, by root, in a folder judged next
             except OSError as e:
                 return Problem(str(p), key, f"cannot be checked ({e.strerror})")
@@ -119,3 +120,19 @@ def require_path(path: str, key: str) -> None:
     p = path_problem(path, key)
     if p is not None:
         raise SafetyRefusal(p.line())
+
+
+def unknown_signer(kid: str, state: State) -> Optional[str]:
+    """Why a rollback must not keep `kid` (the signer K3s has now, missing from the backup), or None. It may keep
+    only a key that a step staged or the state knows: anything else came from outside k3srotd (a swapped
+    staging file), and keeping it as verify-only would keep forged tokens valid."""
+    known = set(state.keys)
+    for step in (state.intent, state.last_step):
+        if step is not None:
+            known.update(step.before_kids, step.target_kids, step.snapshot.get("keys", {}))
+    if kid in known:
+        return None
+    return (
+        f"K3s signs with {kid}, which no k3srotd step staged and the state does not know; a rollback will not keep "
+        "it. Find out where it came from, and restore the live key file from a backup by hand"
+    )

@@ -41,6 +41,10 @@ def _openssl(tmp_path: Path, *args: str) -> bytes:
     return out.read_bytes()
 
 
+def _pss(tmp_path: Path) -> bytes:
+    return _openssl(tmp_path, "genpkey", "-algorithm", "RSA-PSS", "-pkeyopt", "rsa_keygen_bits:2048")
+
+
 def _cert(k: rsa.RSAPrivateKey) -> bytes:
     import datetime as dt
 
@@ -102,7 +106,10 @@ def test_pkcs8_ec_signer_is_refused_it_would_not_verify() -> None:
         (lambda p: _pkcs8(ed25519.Ed25519PrivateKey.generate()), "signs only with RSA or EC"),
         (lambda p: _pkcs1_of_ec(ec.SECP224R1()), "signs only with RSA or EC"),
         (lambda p: _pkcs1_of_ec(ec.SECP256K1()), "cannot be parsed"),
-        (lambda p: _openssl(p, "genpkey", "-algorithm", "RSA-PSS", "-pkeyopt", "rsa_keygen_bits:2048"), "cannot be parsed"),
+        (
+            lambda p: _openssl(p, "genpkey", "-algorithm", "RSA-PSS", "-pkeyopt", "rsa_keygen_bits:2048"),
+            "cannot be parsed",
+        ),
         (
             lambda p: _openssl(p, "ecparam", "-name", "prime256v1", "-param_enc", "explicit", "-genkey", "-noout"),
             "cannot be parsed",
