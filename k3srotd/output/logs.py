@@ -57,7 +57,31 @@ _RESERVED = ("event", "msg", "level", "time", "exception")
 REDACTED = "[redacted]"
 # PEM armour; or base64 as long as a key's: a PEM body (two or more full 64-character lines), or an unwrapped
 # run of 120 or more (the smallest key k3srotd handles, EC P-256 in SEC1, is 164). A kid is 43, a sha256 64.
-_KEY_MATERIAL = re.compile(r"PRIVATE KEY|-----(BEGIN|END) |(?:[A-Za-z0-9+/]{64}[ \t]*\r?\n\s*){2}|[A-Za-z0-9+/]{120}")
+# A run counts only with the variety of random bytes (a line of "xxxx..." is no key).
+_ARMOUR = re.compile(r"PRIVATE KEY|-----(BEGIN|END) ")
+_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{64}[ \t]*\r?\n\s*){2}|[A-Za-z0-9+/]{120}")
+_VARIETY = 24  # distinct characters: random base64 of 120 has ~55; words and repeats far fewer
+
+
+class _KeyMaterial:
+    """The guard: `search` and `sub` like a compiled pattern."""
+
+    def _runs(self, text: str) -> Iterator[re.Match[str]]:
+        for m in _BASE64.finditer(text):
+            if len(set(m.group(0))) >= _VARIETY:
+                yield m
+
+    def search(self, text: str) -> bool:
+        return _ARMOUR.search(text) is not None or next(self._runs(text), None) is not None
+
+    def sub(self, repl: str, text: str) -> str:
+        text = _ARMOUR.sub(repl, text)
+        for m in reversed(list(self._runs(text))):
+            text = text[: m.start()] + repl + text[m.end() :]
+        return text
+
+
+_KEY_MATERIAL = _KeyMaterial()
 
 
 def redact_text(text: str) -> str:
