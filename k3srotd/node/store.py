@@ -63,6 +63,9 @@ def fsync_dir(path: Path) -> None:
 MAX_JSON_BYTES = 16 * 1024 * 1024
 
 
+MISSING: Any = object()  # read_raw: there is no file
+
+
 class CorruptFile(ValueError):
     """A JSON file in state-dir that cannot be what k3srotd wrote."""
 
@@ -80,14 +83,14 @@ class JsonStore(Generic[T]):
         self.decode = decode
         self.encode = encode
 
-    def read_raw(self) -> Optional[Any]:
-        """The parsed JSON, or None when there is no file. CorruptFile when it is no JSON."""
+    def read_raw(self) -> Any:
+        """The parsed JSON, or MISSING when there is no file (JSON `null` is None). CorruptFile when it is no JSON."""
         from k3srotd.node.files import read_regular
 
         try:
             raw = read_regular(self.path, MAX_JSON_BYTES, follow=False)
         except FileNotFoundError:
-            return None
+            return MISSING
         except OSError as e:
             raise ConfigError(f"{self.path}: cannot be read ({e.strerror}); check state-dir") from None
         try:
@@ -105,7 +108,7 @@ class JsonStore(Generic[T]):
     def load(self, default: Callable[[], T]) -> T:
         """The decoded value; `default()` when there is no file. CorruptFile when it cannot be decoded."""
         data = self.read_raw()
-        if data is None:
+        if data is MISSING:
             return default()
         try:
             return self.decode(data)
@@ -149,7 +152,7 @@ class Store:
         try:
             if isinstance(data, CorruptFile):
                 raise data
-            return State() if data is None else self.file.decode(data)
+            return State() if data is MISSING else self.file.decode(data)
         except _BROKEN as e:
             why = str(e) if isinstance(e, CorruptFile) else f"{type(e).__name__}: {cut(str(e), 120)}"
         if resync is None:
