@@ -11,7 +11,7 @@ from typing import Callable, Optional
 from k3srotd.config import Config
 from k3srotd.core import keys
 from k3srotd.errors import K3srotdError
-from k3srotd.node import runner
+from k3srotd.node import runner, trust
 from k3srotd.node.files import Staging
 from k3srotd.node.k3s import K3s
 from k3srotd.node.kubeapi import APIError
@@ -80,6 +80,9 @@ def checks(cfg: Config) -> list[Callable[[], Check]]:
             return FAIL, f"live service.key: {e}"
         live["kf"] = kf
         extra = f"; {len(kf.duplicates)} duplicate block(s)" if kf.duplicates else ""
+        findings = trust.live_report(k3s.live_path, kf)  # mode, symlink, weak RSA, blocks kube-apiserver ignores
+        if findings:
+            return WARN, f"live service.key: {'; '.join(findings)}"
         return PASS, f"live service.key: {len(kf.kids)} key(s), signer {kf.signer.kid}{extra}"
 
     def current() -> Check:
@@ -155,8 +158,12 @@ def checks(cfg: Config) -> list[Callable[[], Check]]:
     def version() -> Check:
         return _version_check(cfg)
 
+    ownership: list[Callable[[], Check]] = [_fail(f"ownership: {p.line()}") for p in trust.problems(cfg)] or [
+        _pass("ownership: every path root trusts is root's and writable by nobody else")
+    ]
     return [
         config,
+        *ownership,
         binary,
         server_node,
         process,
@@ -170,6 +177,14 @@ def checks(cfg: Config) -> list[Callable[[], Check]]:
         *identity_checks(cfg, k3s),
         version,
     ]
+
+
+def _fail(text: str) -> Callable[[], Check]:
+    return lambda: (FAIL, text)
+
+
+def _pass(text: str) -> Callable[[], Check]:
+    return lambda: (PASS, text)
 
 
 def identity_checks(cfg: Config, k3s: K3s) -> list[Callable[[], Check]]:

@@ -96,6 +96,10 @@ def render(cfg: Config, as_json: bool, clock: Optional[Clock] = None) -> str:
         rows.extend(cluster_rows)
     for note in v.notes:
         rows.append(("note", note))
+    from k3srotd.node import trust
+
+    for warning in trust.live_report(cfg.live_key, v.live):  # mode, symlink, weak RSA, ignored blocks
+        rows.append(("warning", warning))
     width = max(len(r[0]) for r in rows)
     lines = [f"{k.ljust(width)}  {val}" for k, val in rows]
     lines.append("")

@@ -20,6 +20,7 @@ from k3srotd.errors import SafetyRefusal
 
 if TYPE_CHECKING:
     from k3srotd.config import Config
+    from k3srotd.core.keys import KeyFile
     from k3srotd.core.model import State
 
 
@@ -136,3 +137,37 @@ def unknown_signer(kid: str, state: State) -> Optional[str]:
         f"K3s signs with {kid}, which no k3srotd step staged and the state does not know; a rollback will not keep "
         "it. Find out where it came from, and restore the live key file from a backup by hand"
     )
+
+
+def live_findings(lst: os.stat_result, st: Optional[os.stat_result], kf: Optional[KeyFile]) -> list[str]:
+    """What status and doctor say about the live key file: `lst` its lstat, `st` its stat (None when the link
+    leads nowhere), `kf` its keys as kube-apiserver reads them."""
+    out = []
+    if stat.S_ISLNK(lst.st_mode):
+        out.append("is a symlink; whoever controls its target controls the signing key. Make it the real file")
+    if st is not None and stat.S_IMODE(st.st_mode) & 0o077:
+        out.append(f"has mode {stat.S_IMODE(st.st_mode):04o}, not 0600: others can read the private keys; chmod 600 it")
+    if st is not None and st.st_uid not in _trusted_uids():
+        out.append(f"is owned by uid {st.st_uid}, not root")
+    if kf is None:
+        return out
+    for b in kf.blocks:
+        if b.algorithm == "RSA" and b.bits < 2048:
+            role = "the signer" if b.kid == kf.signer.kid else "a verify key"
+            out.append(f"holds RSA-{b.bits} key {b.kid} ({role}), under 2048 bits; rotate it out (rotate-now, prune)")
+    for what in kf.ignored:
+        out.append(f"holds {what}, which kube-apiserver ignores (neither verifies nor signs with it); kept as it is")
+    return out
+
+
+def live_report(path: Path, kf: Optional[KeyFile]) -> list[str]:
+    """live_findings for the file at `path`, each line naming it."""
+    try:
+        lst = os.lstat(path)
+    except OSError:
+        return []
+    try:
+        st: Optional[os.stat_result] = os.stat(path)
+    except OSError:
+        st = None
+    return [f"{path}: {f}" for f in live_findings(lst, st, kf)]
