@@ -57,16 +57,7 @@ def view(cfg: Config, clock: Clock, k3s: Optional[K3s] = None) -> View:
 
 
 def _load_readonly(store: Store, now: dt.datetime) -> State:
-    import json
-
-    try:
-        return State.from_json(json.loads(store.path.read_bytes()))
-    except FileNotFoundError:
-        return State()
-    except PermissionError:
-        raise ConfigError(f"{store.path}: cannot be read; run k3srotd as root") from None
-    except (ValueError, KeyError, TypeError):
-        return State()
+    return store.load_readonly()  # a newer state refused; a corrupt one read as empty, with a note
 
 
 class Session:

@@ -191,7 +191,7 @@ class Staging:
 
     def read(self) -> Optional[bytes]:
         try:
-            return self.key.read_bytes()
+            return read_regular(self.key, follow=False)
         except FileNotFoundError:
             return None
 

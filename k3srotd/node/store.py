@@ -144,11 +144,7 @@ class Store:
         one is rebuilt from the live file only after `resync` has put the datastore back to the live file (and
         found no staged file); without `resync`, or when it cannot, refused (exit 3) with what to do."""
         data = self.file.read_raw_or_corrupt()
-        if isinstance(data, dict) and isinstance(data.get("version"), int) and data["version"] > VERSION:
-            raise SafetyRefusal(
-                f"{self.path}: was written by a newer k3srotd (state version {data['version']}; this one knows "
-                f"{VERSION}); upgrade k3srotd on this server again"
-            )
+        self._refuse_newer(data)
         try:
             if isinstance(data, CorruptFile):
                 raise data
@@ -168,6 +164,28 @@ class Store:
             "and rebuilt the state from it"
         )
         return State()
+
+    def load_readonly(self) -> State:
+        """For status and dry runs, which write nothing: a newer version is refused as by load(); a corrupt file
+        reads as an empty state, with a note saying so (the next step rebuilds it, or refuses)."""
+        data = self.file.read_raw_or_corrupt()
+        self._refuse_newer(data)
+        try:
+            if isinstance(data, CorruptFile):
+                raise data
+            return State() if data is MISSING else self.file.decode(data)
+        except _BROKEN as e:
+            self.notes.append(
+                f"{self.path}: is corrupt ({cut(str(e), 120)}); the next step rebuilds it or says why not"
+            )
+            return State()
+
+    def _refuse_newer(self, data: Any) -> None:
+        if isinstance(data, dict) and isinstance(data.get("version"), int) and data["version"] > VERSION:
+            raise SafetyRefusal(
+                f"{self.path}: was written by a newer k3srotd (state version {data['version']}; this one knows "
+                f"{VERSION}); upgrade k3srotd on this server again"
+            )
 
     def save(self, state: State) -> None:
         self.file.save(state)
