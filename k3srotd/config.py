@@ -104,7 +104,6 @@ class Config:
 
 
 MAX_DURATION = dt.timedelta(days=36500)  # 100 years: beyond it, date arithmetic overflows somewhere
-MAX_CONFIG_BYTES = 1024 * 1024
 
 
 def _str(v: Any) -> str:
@@ -244,62 +243,12 @@ SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
 }
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot be read ({e.strerror}); fix its permissions or path") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: is larger than 1 MiB; it is no k3srotd config")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: is not UTF-8 (byte {e.start}); save it as UTF-8") from None
-    try:
-        data = yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader that refuses duplicate keys
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", "") or ""
-        why = f" ({problem[:80]})" if "duplicate key" in problem else ""
-        raise ConfigError(f"{path}: is not valid YAML{where}{why}; fix the syntax") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: is nested too deeply; it is no k3srotd config") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: must be a YAML mapping of keys such as `grace-period: 24h`")
-    return data
-
-
-def _loader() -> Any:
-    """yaml.SafeLoader, except that a key given twice in one mapping is an error (YAML 1.2 says keys are unique;
-    PyYAML keeps the last one silently)."""
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-            seen: set[Any] = set()
-            for key_node, _ in node.value:
-                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else id(key_node)
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {show(key)}", key_node.start_mark
-                    )
-                seen.add(key)
-            return super().construct_mapping(node, deep)
-
-    return Loader
-
-
 def _layered(main: Path, trusted: bool = False) -> tuple[dict[str, tuple[Any, str]], list[str]]:
     """Main file then FILE.d/*.yaml in lexical order; later keys override. Values carry their source file.
     A missing main file means all defaults (the contract), also for --config: its drop-ins still count.
     `trusted`: k3srotd's own config, which names what root runs: each file and the folder must be root's."""
     from k3srotd.node import trust
+    from k3srotd.node.yamlfile import read_yaml
 
     merged: dict[str, tuple[Any, str]] = {}
     sources: list[str] = []
@@ -315,7 +264,7 @@ def _layered(main: Path, trusted: bool = False) -> tuple[dict[str, tuple[Any, st
         if trusted:
             trust.require_path(str(f), "the config")
         sources.append(str(f))
-        for k, v in _read_yaml(f).items():
+        for k, v in read_yaml(f).items():
             if not isinstance(k, (str, int, float, bool)) and k is not None:
                 raise ConfigError(f"{f}: key {show(k)} is not a name; keys are words such as grace-period")
             merged[str(k)] = (v, str(f))

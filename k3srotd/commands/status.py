@@ -12,6 +12,7 @@ from k3srotd.core.clock import Clock
 from k3srotd.core.durations import format_duration
 from k3srotd.core.model import ts
 from k3srotd.engine import session as engine
+from k3srotd.node import trust
 
 
 def snapshot(cfg: Config, clock: Optional[Clock] = None) -> dict[str, Any]:
@@ -94,12 +95,8 @@ def render(cfg: Config, as_json: bool, clock: Optional[Clock] = None) -> str:
 
         cluster_rows, servers = rollplan.status(cfg, clock or Clock())
         rows.extend(cluster_rows)
-    for note in v.notes:
-        rows.append(("note", note))
-    from k3srotd.node import trust
-
-    for warning in trust.live_report(cfg.live_key, v.live):  # mode, symlink, weak RSA, ignored blocks
-        rows.append(("warning", warning))
+    rows += [("note", note) for note in v.notes]
+    rows += [("warning", w) for w in trust.live_report(cfg.live_key, v.live)]  # mode, link, weak RSA, ignored
     width = max(len(r[0]) for r in rows)
     lines = [f"{k.ljust(width)}  {val}" for k, val in rows]
     lines.append("")

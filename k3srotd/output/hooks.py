@@ -9,9 +9,15 @@ the daemon's environment (minus systemd's NOTIFY_SOCKET and WATCHDOG_* variables
     K3SROTD_PHASE       idle, published or promoted
 
 stdin is /dev/null, the working directory is /, stdout and stderr are captured together and logged (the last
-64 KiB). A hook that runs longer than the timeout gets SIGTERM, and SIGKILL two seconds later, sent to its
-whole process group (each hook is started in a new session). A hook that fails, times out or cannot start is
-logged as a warning; it never fails the step and never stops the hooks after it.
+64 KiB). Each hook is started in a new session, and its whole process group is waited for, up to the timeout;
+then the group gets SIGTERM, and SIGKILL two seconds later. Only a hook that itself runs past the timeout has
+timed out: one that exits leaving children behind succeeded or failed by its own exit status (the children are
+still killed at the timeout). A hook that fails, times out or cannot start is logged as a warning; it never
+fails the step and never stops the hooks after it.
+
+Each hook runs from a descriptor opened through the held hooks-dir descriptor and checked again (owner, mode,
+an executable regular file) just before it runs, so the file checked is the file run: a script sees
+/proc/self/fd/N as its $0.
 
 Names starting with '.' and files that are not executable are skipped (logged at debug). As a hook runs as
 root, k3srotd refuses, with a warning, a hooks-dir or hook file that is writable by group or others or that
