@@ -41,6 +41,7 @@ class Node:
             "grace-period": "24h",
             "hooks-dir": str(root / "hooks"),
             "log-format": "json",
+            "automatic": True,  # the daemon tests drive its own steps; tests of the default set it false
         }
         self.write_config()
 

@@ -336,7 +336,7 @@ def doctor_checks(cfg: Config, k3s: Any) -> list[Callable[[], Check]]:
         except ConfigError as e:
             return "FAIL", f"public issuer: {e}"
         if url is None:
-            return "PASS", f"public issuer: not checked before promote: {_why_unchecked(cfg)}"
+            return "SKIP", f"public issuer: not checked before promote: {_why_unchecked(cfg)}"
         try:
             pub = issuer.public_keys(url, Clock().now())
         except issuer.IssuerError as e:
@@ -350,7 +350,7 @@ def doctor_checks(cfg: Config, k3s: Any) -> list[Callable[[], Check]]:
 
         pub = seen.get("pub")
         if pub is None:
-            return "PASS", "public issuer consistency: not checked (no public issuer read)"
+            return "SKIP", "public issuer consistency: not checked (no public issuer read)"
         if not cfg.verify_api:
             return "WARN", "public issuer consistency: verify-api is false; the cluster's own documents are not read"
         api = k3s.api()
@@ -389,7 +389,7 @@ def doctor_checks(cfg: Config, k3s: Any) -> list[Callable[[], Check]]:
 
     def token_counters() -> Check:
         if not (cfg.prune_token_metrics and cfg.verify_api):
-            return "PASS", "token counters: not read (prune-token-metrics or verify-api is false)"
+            return "SKIP", "token counters: not read (prune-token-metrics or verify-api is false)"
         now = Clock().now()
         detail = _counters_verdict(cfg, k3s, ["retired keys"], now, save=False)
         if detail is None:
