@@ -33,6 +33,9 @@ class Ctx:
             explicit = self.config_path  # click fills it from K3SROTD_CONFIG too
             if explicit and not os.path.exists(explicit):  # all defaults, as the contract says; a typo shows here
                 click.echo(f"k3srotd: {explicit}: does not exist; using the defaults and {explicit}.d/*.yaml", err=True)
+            unsafe = config.short_grace_warning(self._cfg)
+            if unsafe:
+                click.echo(f"k3srotd: {unsafe}", err=True)
         return self._cfg
 
     def logger(self) -> Any:

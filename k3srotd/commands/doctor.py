@@ -141,16 +141,10 @@ def checks(cfg: Config) -> list[Callable[[], Check]]:
         return PASS, f"API: /readyz ok, JWKS lists {len(kids)} key(s)"
 
     def tokens() -> Check:
-        from k3srotd.core.durations import format_duration
-        from k3srotd.identity.gates import safe_on_time_hint
+        from k3srotd.core.clock import Clock
+        from k3srotd.identity import report
 
-        k = cfg.k3s
-        if not k.tokens_may_outlive_grace and k.max_token_expiration is not None:
-            return PASS, (
-                f"token lifetime: max-token-expiration {format_duration(k.max_token_expiration)} within "
-                f"grace-period {format_duration(cfg.grace_period)}, extend-token-expiration=false"
-            )
-        return WARN, f"token lifetime: tokens may outlive grace-period: {safe_on_time_hint(cfg)}"
+        return report.bound_check(cfg, k3s, Clock().now())
 
     def version() -> Check:
         return _version_check(cfg)
@@ -173,10 +167,11 @@ def checks(cfg: Config) -> list[Callable[[], Check]]:
 
 
 def identity_checks(cfg: Config, k3s: K3s) -> list[Callable[[], Check]]:
-    """The public issuer reachable and consistent with the cluster, the token counters (gates.py)."""
-    from k3srotd.identity import gates
+    """The public issuer reachable and consistent with the cluster, the legacy-token Secrets (identity/report.py)."""
+    from k3srotd.core.clock import Clock
+    from k3srotd.identity import report
 
-    return gates.doctor_checks(cfg, k3s)
+    return report.doctor_checks(cfg, k3s, Clock().now)
 
 
 def run(cfg: Config) -> tuple[list[str], bool]:

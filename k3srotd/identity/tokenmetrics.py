@@ -1,9 +1,9 @@
 """Are tokens signed by old keys still in use? kube-apiserver's service-account token counters on /metrics.
 
 `serviceaccount_stale_tokens_total` counts projected tokens used past their intended expiry (alive only because of
-service-account-extend-token-expiration); the legacy counters count Secret-based tokens, which never expire. A
-counter that grew during the last grace-period means a client still presents such a token, and it may be signed
-by a key about to be pruned.
+service-account-extend-token-expiration); the legacy counters count Secret-based tokens, which never expire.
+Neither says which key signed a token. The stale counter holds a prune only where K3s's settings give no proof
+(core/prune.py); the legacy counters are only reported, since the Secret scan (evidence.py) names the key.
 
 Counters restart at 0 with kube-apiserver (every K3s restart), so one reading says little: readings are kept in
 <state-dir>/token-metrics.json (taken before and after every restart k3srotd makes, and at every prune check),
@@ -40,9 +40,7 @@ class MetricsError(Exception):
     """/metrics could not be read or parsed. str() is one line."""
 
 
-def watched(extend_token_expiration: Optional[bool]) -> tuple[str, ...]:
-    """The counters that matter: stale tokens exist only while extend-token-expiration is not false."""
-    return LEGACY if extend_token_expiration is False else (STALE, *LEGACY)
+GATING = (STALE,)  # only the stale counter holds a prune; the legacy ones are reported (the Secret scan decides)
 
 
 def _split_sample(line: str) -> tuple[str, str]:
