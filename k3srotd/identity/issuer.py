@@ -18,6 +18,7 @@ import email.utils
 import functools
 import http.client
 import json
+import os
 import socket
 import ssl
 import threading
@@ -127,49 +128,64 @@ class _Deadline:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.expired = False
-        self._socks: list[socket.socket] = []
+        self._socks: list[tuple[socket.socket, int]] = []
         self._lock = threading.Lock()
         self._timer = threading.Timer(seconds, self._cut)
         self._timer.daemon = True
 
-    def add(self, sock: socket.socket) -> None:
+    def add(self, sock: socket.socket, replaces: int = -1) -> None:
+        """`replaces`: the fd of the TCP socket this TLS socket took over (its entry goes)."""
         with self._lock:
-            self._socks.append(sock)
+            self._socks = [(s, fd) for s, fd in self._socks if fd != replaces]
+            self._socks.append((sock, -1 if replaces != -1 else sock.fileno()))
             if self.expired:
-                self._shut(sock)
+                self._shut(sock, -1)
 
     @staticmethod
-    def _shut(sock: socket.socket) -> None:
+    def _shut(sock: socket.socket, fd: int) -> None:
         with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+            if sock.fileno() != -1:
+                sock.shutdown(socket.SHUT_RDWR)
+            elif fd != -1:  # a TCP socket the TLS wrapper detached mid-handshake: reach it through its fd
+                with socket.socket(fileno=os.dup(fd)) as dup:
+                    dup.shutdown(socket.SHUT_RDWR)
 
     def _cut(self) -> None:
         with self._lock:
             self.expired = True
-            for sock in self._socks:
-                self._shut(sock)
+            for sock, fd in self._socks:
+                self._shut(sock, fd)
 
     def __enter__(self) -> _Deadline:
         self._timer.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
+        with self._lock:
+            self._timer.cancel()
+            self._socks.clear()  # closed by now: their numbers may be reused
 
 
 class _Connection(http.client.HTTPSConnection):
-    """Hands its TCP socket to the deadline as soon as it exists: the proxy tunnel and the TLS handshake count too."""
+    """Hands its sockets to the deadline as soon as they exist: the proxy tunnel and the TLS handshake count too."""
 
     def __init__(self, *args: Any, deadline: _Deadline, **kw: Any) -> None:
         super().__init__(*args, **kw)
+        self._deadline = deadline
         create = self._create_connection  # type: ignore[has-type]
 
         def connect(*a: Any, **k: Any) -> socket.socket:
             sock: socket.socket = create(*a, **k)
             deadline.add(sock)
+            self._tcp_fd = sock.fileno()
             return sock
 
         self._create_connection = connect
+        self._tcp_fd = -1
+
+    def connect(self) -> None:
+        super().connect()
+        self._deadline.add(self.sock, replaces=self._tcp_fd)  # the TLS socket that took the TCP one over
 
 
 class _Handler(urllib.request.HTTPSHandler):
