@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from k3srotd.core.durations import parse_duration
+from k3srotd.core.durations import format_duration, parse_duration
 from k3srotd.errors import ConfigError
 
 DEFAULT_CONFIG = "/etc/k3srotd/config.yaml"
@@ -300,8 +300,8 @@ def _check_grace(cfg: Config, raw: dict[str, tuple[Any, str]]) -> None:
     src = raw["grace-period"][1] if "grace-period" in raw else "the default"
     if cfg.grace_period < GRACE_FLOOR and not cfg.unsafe_short_grace:
         raise ConfigError(
-            f"{src}: key 'grace-period' ({cfg.grace_period}) is under 1h, kube-apiserver's floor for token "
-            "lifetimes, so tokens signed by a pruned key may still be in use; raise it to 1h or more "
+            f"{src}: key 'grace-period' ({format_duration(cfg.grace_period)}) is under 1h, kube-apiserver's floor for "
+            "token lifetimes, so tokens signed by a pruned key may still be in use; raise it to 1h or more "
             "(`unsafe-short-grace: true` allows it, for tests and demos only)"
         )
     if mte is not None and cfg.grace_period < mte:
@@ -316,8 +316,9 @@ def short_grace_warning(cfg: Config) -> Optional[str]:
     if cfg.grace_period >= GRACE_FLOOR:
         return None
     return (
-        f"UNSAFE: grace-period is {cfg.grace_period} (under 1h) because unsafe-short-grace is true: a prune may "
-        "break tokens that are still in use. For tests and demos only; remove it and set grace-period: 1h or more"
+        f"UNSAFE: grace-period is {format_duration(cfg.grace_period)} (under 1h) because unsafe-short-grace is true: "
+        "a prune may break tokens that are still in use. For tests and demos only; remove it and set grace-period: "
+        "1h or more"
     )
 
 
