@@ -117,7 +117,9 @@ def _listing(url: str, now: dt.datetime) -> tuple[Optional[promote.Listing], Opt
     return promote.Listing(pub.kids, jw.fetched_at, jw.max_age, jw.last_modified, kept), None
 
 
-def _promote_verdict(cfg: Config, k3s: K3s, kid: str, entry: dict[str, Any], now: dt.datetime) -> tuple[str, Any]:
+def _promote_verdict(
+    cfg: Config, k3s: K3s, kid: str, entry: dict[str, Any], now: dt.datetime
+) -> tuple[str, Optional[promote.Verdict]]:
     """(the issuer named in logs, the verdict), or ("", None) when no issuer is checked."""
     ch = issuer_choice(cfg, k3s)
     if ch.url is None and not ch.wait:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from k3srotd.core.model import parse_ts, ts
-from k3srotd.node.kubeapi import APIError
+from k3srotd.node.kubeapi import APIError, KubeAPI
 from k3srotd.node.store import ensure_private_dir, write_atomic
 
 STALE = "serviceaccount_stale_tokens_total"
@@ -99,7 +99,7 @@ class Reading:
         return cls(at, None if start is None else float(start), {str(k): float(v) for k, v in d["counters"].items()})
 
 
-def read(api: Any, now: dt.datetime) -> Reading:
+def read(api: KubeAPI, now: dt.datetime) -> Reading:
     """One reading of the apiserver's /metrics (the admin client certificate may read it)."""
     try:
         status, body = api.request("GET", "/metrics")
