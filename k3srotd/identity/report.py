@@ -126,10 +126,26 @@ def doctor_checks(cfg: Config, k3s: K3s, now: Callable[[], dt.datetime]) -> list
             return "WARN", "public issuer consistency: the public JWKS " + "; ".join(notes)
         return "PASS", f"public issuer consistency: same issuer, the same {len(kids)} kid(s)"
 
-    return [public_issuer, consistent, lambda: legacy_check(cfg, k3s)]
+    return [public_issuer, consistent, lambda: legacy_check(cfg, k3s, now())]
 
 
-def legacy_check(cfg: Config, k3s: K3s) -> Check:
+def legacy_uses(cfg: Config, k3s: K3s, now: dt.datetime) -> str:
+    """The legacy-token counters, reported only (the Secret scan decides): '' when not read."""
+    from k3srotd.identity import tokenmetrics
+
+    if not (cfg.prune_token_metrics and cfg.verify_api):
+        return ""
+    try:
+        reading = tokenmetrics.read(k3s.api(), now)
+    except (tokenmetrics.MetricsError, K3srotdError):
+        return ""
+    history = tokenmetrics.History(cfg.state_dir).load()
+    start = now - cfg.grace_period
+    used = sum(tokenmetrics.growth(history, reading, start, n).amount for n in tokenmetrics.LEGACY[:1])
+    return f"; kube-apiserver counted {used:g} legacy token use(s) during the last grace-period (reported only)"
+
+
+def legacy_check(cfg: Config, k3s: K3s, now: dt.datetime) -> Check:
     if not cfg.verify_api:
         return "WARN", "legacy tokens: verify-api is false; the service-account-token Secrets are not read"
     ev = gates.legacy_evidence(cfg, k3s)
@@ -142,9 +158,12 @@ def legacy_check(cfg: Config, k3s: K3s) -> Check:
         return "WARN", (
             f"legacy tokens: {len(others)} service-account-token Secret(s) signed by a key that no longer signs "
             f"hold its prune: {', '.join(others[:10])}; re-issue them with `{core_prune.REISSUE}`"
+            + legacy_uses(cfg, k3s, now)
         )
     total = sum(len(v) for v in (ev.legacy or {}).values())
-    return "PASS", f"legacy tokens: {total} service-account-token Secret(s), all signed by the signer"
+    return "PASS", (
+        f"legacy tokens: {total} service-account-token Secret(s), all signed by the signer" + legacy_uses(cfg, k3s, now)
+    )
 
 
 def bound_check(cfg: Config, k3s: K3s, now: dt.datetime) -> Check:

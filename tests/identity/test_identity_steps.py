@@ -146,6 +146,13 @@ def test_doctor_lines(id_node: IdNode, public_issuer) -> None:
         lines
     )  # K3s's default: the setting to add is named
 
+    node.server.add_token_uses(legacy=3)  # reported, never a FAIL or WARN: the Secret scan decides
+    out = node.k3srotd("doctor")
+    assert any(
+        line.startswith("PASS  legacy tokens") and "counted 3 legacy token use(s)" in line
+        for line in out.stdout.splitlines()
+    ), out.stdout
+
     public_issuer.publish({"keys": []})  # the public issuer lost the signer
     out = node.k3srotd("doctor")
     assert out.returncode == 1
