@@ -304,7 +304,7 @@ def _check_grace(cfg: Config, raw: dict[str, tuple[Any, str]]) -> None:
             "token lifetimes, so tokens signed by a pruned key may still be in use; raise it to 1h or more "
             "(`unsafe-short-grace: true` allows it, for tests and demos only)"
         )
-    if mte is not None and cfg.grace_period < mte:
+    if mte is not None and cfg.grace_period < mte and cfg.grace_period >= GRACE_FLOOR:  # under it: unsafe, warned
         raise ConfigError(
             f"{src}: key 'grace-period' ({cfg.grace_period}) is shorter than K3s's "
             f"service-account-max-token-expiration ({mte}); tokens would outlive their key. Raise grace-period"
@@ -317,8 +317,8 @@ def short_grace_warning(cfg: Config) -> Optional[str]:
         return None
     return (
         f"UNSAFE: grace-period is {format_duration(cfg.grace_period)} (under 1h) because unsafe-short-grace is true: "
-        "a prune may break tokens that are still in use. For tests and demos only; remove it and set grace-period: "
-        "1h or more"
+        "a prune may break tokens that are still in use (service-account-max-token-expiration is not enforced either). "
+        "For tests and demos only; remove it and set grace-period: 1h or more"
     )
 
 

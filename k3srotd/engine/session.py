@@ -123,7 +123,7 @@ class Session:
                 self.log,
                 self.events,
                 self.progress,
-                checks=gates.step_checks(self.cfg, self.k3s, self.log),
+                checks=gates.step_checks(self.cfg, self.k3s, self.log, self.clock.now),
                 rolling=self.rolling,
             )
             intent = self.state.intent

@@ -204,12 +204,10 @@ def counters_verdict(cfg: Config, k3s: K3s, drop: Sequence[str], now: dt.datetim
 
 
 def token_counters_verdict(cfg: Config, k3s: K3s, now: dt.datetime) -> Optional[str]:
-    """This kube-apiserver's answer to another server's token check: None when no gating counter grew during the
-    last grace-period (or none gates with these settings), else what grew. The reading is kept."""
+    """This kube-apiserver's answer to another server's token check: None when the stale-token counter did not
+    grow during the last grace-period, else what grew. The asking server asks only where its settings need it
+    (core/prune.py), so the answer does not depend on this server's. The reading is kept."""
     if not (cfg.prune_token_metrics and cfg.verify_api):
-        return None
-    if bound(cfg) != "counter":
-        _keep_reading(cfg, k3s, now)
         return None
     return counters_verdict(cfg, k3s, (), now, save=True)
 
