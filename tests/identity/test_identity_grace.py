@@ -52,3 +52,15 @@ def test_every_command_warns_and_a_short_grace_without_the_key_is_exit_2(plain_n
     node.write_config(unsafe_short_grace=False)
     proc = node.k3srotd("status")
     assert proc.returncode == 2 and "key 'grace-period' (5s) is under 1h" in proc.stderr
+
+
+def test_under_the_floor_the_max_expiration_check_is_waived_too(tmp_path: Path) -> None:
+    """Any max expiration kube-apiserver accepts is 1h or more: a grace under 1h could never satisfy it."""
+    k3s = tmp_path / "k3s.yaml"
+    k3s.write_text("kube-apiserver-arg:\n- service-account-max-token-expiration=48h\n")
+    main = tmp_path / "c.yaml"
+    main.write_text(f"k3s-config: {k3s}\ngrace-period: 5s\nunsafe-short-grace: true\n")
+    assert config.load(str(main)).grace_period == dt.timedelta(seconds=5)
+    main.write_text(f"k3s-config: {k3s}\ngrace-period: 2h\nunsafe-short-grace: true\n")
+    with pytest.raises(ConfigError, match="service-account-max-token-expiration"):
+        config.load(str(main))
