@@ -52,7 +52,7 @@ def test_promote_waits_until_the_issuer_lists_the_new_kid(id_node: IdNode, publi
 def test_stale_jwks_is_not_refetched_before_max_age_and_promote_waits_out_cached_copies(
     id_node: IdNode, public_issuer: IssuerServer
 ) -> None:
-    max_age = 2
+    max_age = 5  # the hold must outlast a `status` call under load (about 2 s)
     public_issuer.publish(id_node.cluster_jwks(), cache_control=f"public, max-age={max_age}")
     id_node.start_bg("rotate-now")
     wait_until(lambda: "does not list kid" in id_node.status_text(), what="the wait")
