@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 import click
 
 from k3srotd import __version__
+
+if TYPE_CHECKING:  # types only: `k3srotd --version` imports click alone
+    from k3srotd.config import Config
+    from k3srotd.core.ports import Log
+    from k3srotd.engine.executor import Events, Progress
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -22,10 +27,10 @@ class Ctx:
         self.config_path = config
         self.log_format = log_format
         self.debug = debug
-        self._cfg: Any = None
+        self._cfg: Optional[Config] = None
 
     @property
-    def cfg(self) -> Any:
+    def cfg(self) -> Config:
         if self._cfg is None:
             from k3srotd import config
 
@@ -38,7 +43,7 @@ class Ctx:
                 click.echo(f"k3srotd: {unsafe}", err=True)
         return self._cfg
 
-    def logger(self) -> Any:
+    def logger(self) -> Log:
         from k3srotd.output import logs
 
         return logs.configure(self.log_format or self.cfg.log_format)
@@ -51,7 +56,8 @@ class Ctx:
     "config",
     metavar="FILE",
     envvar="K3SROTD_CONFIG",
-    help="Main config file (default /etc/k3srotd/config.yaml); its drop-ins are FILE.d/*.yaml.",
+    help="Main config file (default /etc/k3srotd/config.yaml; a missing file means all defaults); its drop-ins "
+    "are FILE.d/*.yaml. Also from K3SROTD_CONFIG.",
 )
 @click.option(
     "--log-format",
@@ -65,7 +71,7 @@ def cli(ctx: click.Context, config: Optional[str], log_format: Optional[str], de
     ctx.obj = Ctx(config, log_format, debug)
 
 
-def _progress(log: Any) -> Any:
+def _progress(log: Log) -> Progress:
     """On a TTY, one line rewritten in place; off a TTY, a plain log line every 15 s."""
     tty = sys.stderr.isatty()
     last = [-15.0]
@@ -81,19 +87,20 @@ def _progress(log: Any) -> Any:
     return show
 
 
-def _events(obj: Ctx, log: Any) -> Any:
+def _events(obj: Ctx, log: Log) -> Events:
+    from k3srotd.core.clock import Clock
     from k3srotd.output.observers import make_events
 
-    return make_events(obj.cfg, log)
+    return make_events(obj.cfg, log, Clock())
 
 
 @cli.command("rotate-now")
 @click.option("--dry-run", is_flag=True, help="Print what would be done; write, run and restart nothing.")
-@click.option("--skip-publish-wait", is_flag=True, help="Promote at once after publish (after a key leak).")
+@click.option("--skip-publish-wait", is_flag=True, help="Promote right after publish (after a key leak).")
 @click.option("--ignore-window", is_flag=True, help="Run outside maintenance-window.")
 @click.pass_obj
 def rotate_now(obj: Ctx, dry_run: bool, skip_publish_wait: bool, ignore_window: bool) -> None:
-    """Rotate now, up to the new key signing (staged: publish, wait, promote).
+    """Rotate now, in the foreground, up to the new key signing (staged: publish, wait, promote).
 
     Continues a rotation already under way.
     """
@@ -118,7 +125,7 @@ def rotate_now(obj: Ctx, dry_run: bool, skip_publish_wait: bool, ignore_window: 
 )
 @click.pass_obj
 def prune(obj: Ctx, dry_run: bool, force: bool, yes: bool, ignore_window: bool, reissue_legacy: bool) -> None:
-    """Drop retired keys whose grace-period has passed."""
+    """Drop retired keys whose grace-period has passed; --force drops them before that."""
     from k3srotd.commands import manual as commands
 
     if reissue_legacy:
@@ -138,7 +145,7 @@ def prune(obj: Ctx, dry_run: bool, force: bool, yes: bool, ignore_window: bool, 
 @click.option("--ignore-window", is_flag=True, help="Run outside maintenance-window.")
 @click.pass_obj
 def rollback(obj: Ctx, yes: bool, ignore_window: bool) -> None:
-    """Put back the key set that was live before the last completed step."""
+    """Put back the key set that was live before the last completed step; asks first unless --yes."""
     from k3srotd.commands import manual as commands
 
     log = obj.logger()
@@ -146,22 +153,33 @@ def rollback(obj: Ctx, yes: bool, ignore_window: bool) -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="One JSON object (see the README for its fields).")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object: phase, signer_kid, keys (position, kid, role, algorithm, bits, retired_at), "
+    "last_rotation, next_action.",
+)
 @click.pass_obj
 def status(obj: Ctx, as_json: bool) -> None:
     """Keys, roles, phase, and what happens next and when."""
     from k3srotd.commands import status as st
+    from k3srotd.core.clock import Clock
 
-    click.echo(st.render(obj.cfg, as_json), nl=False)
+    click.echo(st.render(obj.cfg, as_json, Clock(), obj.config_path), nl=False)
 
 
 @cli.command()
 @click.pass_obj
 def doctor(obj: Ctx) -> None:
-    """Preflight checks, one PASS/WARN/FAIL line each; exit 0 when nothing FAILs."""
-    from k3srotd.commands import doctor as dr
+    """Preflight checks, one PASS/WARN/FAIL/SKIP line each; exit 0 when nothing FAILs.
 
-    lines, failed = dr.run(obj.cfg)
+    SKIP: a check that did not run, and why (a FAIL it follows from, or nothing to check here).
+    """
+    from k3srotd.commands import doctor as dr
+    from k3srotd.core.clock import Clock
+
+    lines, failed = dr.run(obj.cfg, Clock(), obj.config_path)
     for line in lines:
         click.echo(line)
     if failed:
@@ -171,7 +189,11 @@ def doctor(obj: Ctx) -> None:
 @cli.command()
 @click.pass_obj
 def run(obj: Ctx) -> None:
-    """The daemon: schedules and drives rotations and prunes; resumes an interrupted step at start."""
+    """The daemon: schedules and drives rotations and prunes; resumes an interrupted step at start.
+
+    It starts rotations and prunes by itself only with `automatic: true` in the config; without it, it finishes
+    or undoes an interrupted step, follows a step started on another server, and says what would be due.
+    """
     from k3srotd.daemon import service as daemon
 
     sys.exit(daemon.main(obj.config_path, obj.log_format))

@@ -61,6 +61,7 @@ class Config:
     log_format: str = "auto"
     metrics_file: str = ""
     hooks_dir: str = "/etc/k3srotd/hooks.d"
+    automatic: bool = False  # the daemon starts rotations and prunes on its own only when the operator opted in
     unsafe_short_grace: bool = False  # allows a grace-period under GRACE_FLOOR (tests, demos); every command warns
     # beyond the contract's table (see the README)
     max_splay: dt.timedelta = dt.timedelta(minutes=15)  # the daemon delays due steps by up to this, per node
@@ -217,6 +218,7 @@ SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "log-format": ("log_format", _choice("auto", "journal", "json", "console")),
     "metrics-file": ("metrics_file", _path),
     "hooks-dir": ("hooks_dir", _nonempty_path),
+    "automatic": ("automatic", _bool),
     "unsafe-short-grace": ("unsafe_short_grace", _bool),
     "max-splay": ("max_splay", _duration),
     "node-name": ("node_name", _str),

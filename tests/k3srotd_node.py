@@ -42,6 +42,7 @@ class Node:
             "unsafe-short-grace": True,  # the tests shorten grace-period below kube-apiserver's 1 h floor
             "hooks-dir": str(root / "hooks"),
             "log-format": "json",
+            "automatic": True,  # the daemon tests drive its own steps; tests of the default set it false
         }
         self.write_config()
 

@@ -205,18 +205,16 @@ class Executor:
         return self.commit(step, target)
 
     def _rotate_ca(self, step: str, content: Optional[bytes] = None) -> Result:
-        """`k3s certificate rotate-ca` on the staged file (first written with `content` when given), its whole
-        output kept in the log: K3s warns there about each file it skips."""
+        """`k3s certificate rotate-ca` on the staged file (first written with `content` when given). Its output
+        (K3s warns there about each file it skips) is logged on failure, else at debug level only."""
         if content is not None:
             self.staging.write(content)
         res = self.k3s.rotate_ca()
-        self.log.info(
-            "rotate-ca",
-            msg=f"rotate-ca exited {res.returncode}" + ("" if content is None else " (the live key set put back)"),
-            argv=list(res.argv),
-            output=res.tail(40),
-            step=step,
-        )
+        say = self.log.info if res.ok else self.log.warning
+        msg = f"rotate-ca exited {res.returncode}" + ("" if content is None else " (the live key set put back)")
+        say("rotate-ca", msg=msg, argv=list(res.argv), step=step, **({} if res.ok else {"output": res.tail(40)}))
+        if res.ok:
+            self.log.debug("rotate-ca.output", msg="rotate-ca output", output=res.tail(40), step=step)
         return res
 
     def _restart_and_verify(self, step: str, target: keys.KeyFile, staged: bytes, old: Optional[ServerProcess]) -> None:

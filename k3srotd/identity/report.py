@@ -6,7 +6,7 @@ token settings prove. Reads the cluster and gates.json; writes nothing. `now` is
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
 from k3srotd.config import Config
 from k3srotd.core import prune as core_prune
@@ -16,7 +16,8 @@ from k3srotd.identity import gates
 from k3srotd.node.k3s import K3s
 from k3srotd.node.kubeapi import APIError
 
-Check = tuple[str, str]  # level, text
+Level = Literal["PASS", "WARN", "FAIL", "SKIP"]  # as commands/checks.py's, which doctor runs these with
+Check = tuple[Level, str]
 
 
 def bound_row(cfg: Config) -> str:
@@ -90,7 +91,7 @@ def doctor_checks(cfg: Config, k3s: K3s, now: Callable[[], dt.datetime]) -> list
         if ch.wait:
             return "FAIL", f"public issuer: {ch.wait}; promote would wait"
         if ch.url is None:
-            return "PASS", f"public issuer: not checked before promote: {ch.why}"
+            return "SKIP", f"public issuer: not checked before promote: {ch.why}"
         try:
             pub = issuer.public_keys(ch.url, now())
         except issuer.IssuerError as e:
@@ -102,7 +103,7 @@ def doctor_checks(cfg: Config, k3s: K3s, now: Callable[[], dt.datetime]) -> list
     def consistent() -> Check:
         pub = seen.get("pub")
         if pub is None:
-            return "PASS", "public issuer consistency: not checked (no public issuer read)"
+            return "SKIP", "public issuer consistency: not checked (no public issuer read)"
         api = k3s.api()
         try:
             own = api.get_json("/.well-known/openid-configuration")
@@ -126,7 +127,10 @@ def doctor_checks(cfg: Config, k3s: K3s, now: Callable[[], dt.datetime]) -> list
             return "WARN", "public issuer consistency: the public JWKS " + "; ".join(notes)
         return "PASS", f"public issuer consistency: same issuer, the same {len(kids)} kid(s)"
 
-    return [public_issuer, consistent, lambda: legacy_check(cfg, k3s, now())]
+    def legacy_tokens() -> Check:
+        return legacy_check(cfg, k3s, now())
+
+    return [public_issuer, consistent, legacy_tokens]
 
 
 def legacy_uses(cfg: Config, k3s: K3s, now: dt.datetime) -> str:
@@ -147,7 +151,7 @@ def legacy_uses(cfg: Config, k3s: K3s, now: dt.datetime) -> str:
 
 def legacy_check(cfg: Config, k3s: K3s, now: dt.datetime) -> Check:
     if not cfg.verify_api:
-        return "WARN", "legacy tokens: verify-api is false; the service-account-token Secrets are not read"
+        return "SKIP", "legacy tokens: verify-api is false; the service-account-token Secrets are not read"
     ev = gates.legacy_evidence(cfg, k3s)
     if ev.legacy_error is not None:
         why = ev.legacy_error
@@ -173,7 +177,7 @@ def bound_check(cfg: Config, k3s: K3s, now: dt.datetime) -> Check:
     if b == "proof":
         return "PASS", f"bound tokens: {bound_row(cfg)}"
     if not (cfg.prune_token_metrics and cfg.verify_api):
-        return "WARN", "bound tokens: the stale-token counter is not read (prune-token-metrics or verify-api is false)"
+        return "SKIP", "bound tokens: the stale-token counter is not read (prune-token-metrics or verify-api is false)"
     detail = gates.counters_verdict(cfg, k3s, ["retired keys"], now, save=False)
     if detail is None:
         return "PASS", (
