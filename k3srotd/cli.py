@@ -207,6 +207,15 @@ def _confirm(question: str) -> bool:
     return click.confirm(question, default=False)
 
 
+def _error_line(message: str) -> str:
+    """The final line: one line, bounded, through the same key-material guard as the logs (a failing
+    rotate-ca or restart-command that echoes its input must not put a key on stderr)."""
+    from k3srotd.core.text import cut
+    from k3srotd.output.logs import redact_text
+
+    return "k3srotd: " + cut(redact_text(message))
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     from k3srotd.errors import K3srotdError
 
@@ -224,7 +233,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     except K3srotdError as e:
         if sys.stderr.isatty():
             sys.stderr.write("\r\033[K")
-        click.echo(f"k3srotd: {e}", err=True)
+        click.echo(_error_line(str(e)), err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         click.echo("k3srotd: interrupted", err=True)
@@ -232,5 +241,5 @@ def main(argv: Optional[list[str]] = None) -> None:
     except Exception as e:
         if debug or os.environ.get("K3SROTD_DEBUG"):
             raise
-        click.echo(f"k3srotd: unexpected error: {type(e).__name__}: {e} (run with --debug for details)", err=True)
+        click.echo(_error_line(f"unexpected error: {type(e).__name__}: {e} (run with --debug for details)"), err=True)
         sys.exit(1)

@@ -17,7 +17,7 @@ from k3srotd.core import keys, schedule, versions
 from k3srotd.core.clock import Clock
 from k3srotd.core.model import ts
 from k3srotd.errors import K3srotdError
-from k3srotd.node import runner
+from k3srotd.node import runner, trust
 from k3srotd.node.files import Staging
 from k3srotd.node.k3s import K3s
 from k3srotd.node.kubeapi import APIError
@@ -94,6 +94,9 @@ def node_checks(cfg: Config, k3s: K3s, levels: Mapping[str, str]) -> list[Check]
             return FAIL, f"live service.key: {e}"
         live["kf"] = kf
         extra = f"; {len(kf.duplicates)} duplicate block(s)" if kf.duplicates else ""
+        findings = trust.live_report(k3s.live_path, kf)  # mode, symlink, weak RSA, blocks kube-apiserver ignores
+        if findings:
+            return WARN, f"live service.key: {'; '.join(findings)}"
         return PASS, f"live service.key: {len(kf.kids)} key(s), signer {kf.signer.kid}{extra}"
 
     def current() -> Verdict:
@@ -180,11 +183,20 @@ def identity_checks(cfg: Config, k3s: K3s, clock: Clock) -> list[Check]:
     return [Check(names.get(f.__name__, f.__name__.replace("_", " ")), f, (API,)) for f in found]
 
 
+def ownership_checks(cfg: Config) -> list[Check]:
+    """One FAIL per path root trusts that someone else could change (node/trust.py), else one PASS."""
+    found = trust.problems(cfg)
+    if not found:
+        return [Check("ownership", lambda: (PASS, "ownership: every path root trusts is root's, writable by no other"))]
+    return [Check(f"ownership {p.path}", lambda p=p: (FAIL, f"ownership: {p.line()}")) for p in found]  # type: ignore[misc]
+
+
 def checks(cfg: Config, outcome: Outcome, clock: Clock, config_path: Optional[str] = None) -> list[Check]:
     k3s = K3s(cfg)
     sources = ", ".join(cfg.sources) if cfg.sources else "no file, all defaults"
     return [
         Check("config", lambda: (PASS, f"config: {sources}")),
+        *ownership_checks(cfg),
         Check("automatic", lambda: automatic(cfg, clock, config_path)),
         *node_checks(cfg, k3s, outcome.levels),
         *local_checks(cfg),

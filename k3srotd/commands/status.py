@@ -12,6 +12,7 @@ from k3srotd.core.clock import Clock
 from k3srotd.core.durations import format_duration
 from k3srotd.core.model import ts
 from k3srotd.engine import session as engine
+from k3srotd.node import trust
 
 
 def snapshot(cfg: Config, clock: Clock) -> dict[str, Any]:
@@ -96,8 +97,8 @@ def render(cfg: Config, as_json: bool, clock: Clock, config_path: Optional[str] 
 
         cluster_rows, servers = rollplan.status(cfg, clock)
         rows.extend(cluster_rows)
-    for note in v.notes:
-        rows.append(("note", note))
+    rows += [("note", note) for note in v.notes]
+    rows += [("warning", w) for w in trust.live_report(cfg.live_key, v.live)]  # mode, link, weak RSA, ignored
     width = max(len(r[0]) for r in rows)
     lines = [f"{k.ljust(width)}  {val}" for k, val in rows]
     lines += ["", *_key_table(snap["keys"], v)]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from k3srotd.config import Config
@@ -164,6 +163,7 @@ class Executor:
             snapshot=self.state.snapshot(),
             server_pid=proc.pid,
             server_started=proc.started,
+            backup_sha256=sha256(live_bytes),
         )
         self.store.save(self.state)
         checkpoint(step, "intent")
@@ -310,12 +310,14 @@ class Executor:
             target_kids=target.kids,
             backup=intent.backup,
             snapshot=intent.snapshot,
+            backup_sha256=intent.backup_sha256,
         )
         self.state.intent = None
         self.state.last_success[step] = ts(now) or ""
         self.store.save(self.state)
         checkpoint(step, "committed")
         self.backups.trim(protect={intent.backup})
+        self.backups.drop_gone_keys(target.kids, protect={intent.backup})  # a pruned key leaves the backups too
         if self.rolling is not None:  # multi-server: publish the outcome and this state; release the step lease
             self.rolling.finished(self.state, "committed")
         phase = planner.phase(self.state, target)
@@ -343,6 +345,11 @@ class Executor:
         signer = on_disk.signer
         if signer.kid in before:
             return backup
+        from k3srotd.node.trust import unknown_signer
+
+        why = unknown_signer(signer.kid, self.state)
+        if why is not None:
+            raise SafetyRefusal(why)
         self.log.warning(
             "rollback.keep",
             msg=f"keeping {signer.kid}, the signer K3s has now, as a verify-only key",
@@ -356,7 +363,7 @@ class Executor:
         intent.stage = "rolling-back"
         self.store.save(self.state)
         try:
-            backup = Path(intent.backup).read_bytes()
+            backup = self.backups.read(intent.backup, intent.backup_sha256)
             self._ensure_running()
             restore = self.restore_bytes(backup)
             target = keys.parse(restore, intent.backup)

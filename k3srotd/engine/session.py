@@ -57,16 +57,7 @@ def view(cfg: Config, clock: Clock, k3s: Optional[K3s] = None) -> View:
 
 
 def _load_readonly(store: Store, now: dt.datetime) -> State:
-    import json
-
-    try:
-        return State.from_json(json.loads(store.path.read_bytes()))
-    except FileNotFoundError:
-        return State()
-    except PermissionError:
-        raise ConfigError(f"{store.path}: cannot be read; run k3srotd as root") from None
-    except (ValueError, KeyError, TypeError):
-        return State()
+    return store.load_readonly()  # a newer state refused; a corrupt one read as empty, with a note
 
 
 class Session:
@@ -91,13 +82,16 @@ class Session:
         self.log = log
         self.k3s = k3s or K3s(cfg)
         self.store = Store(cfg.state_dir)
-        self.lock = Lock(cfg.lock_file)
+        self.lock = Lock(cfg.lock_file, cfg.k3s_data_dir)  # one k3srotd per K3s, whatever the state-dir
         self.events = events
         self.progress = progress
         self.state = State()
         self.executor: Executor
 
     def __enter__(self) -> Session:
+        from k3srotd.node import trust
+
+        trust.require(self.cfg)  # every path root trusts or writes: root's, writable by nobody else
         if not os.access(self.cfg.k3s_bin, os.X_OK):
             raise ConfigError(
                 f"{self.cfg.k3s_bin}: the k3s binary is missing or not executable; install K3s or set k3s-bin"
@@ -105,7 +99,10 @@ class Session:
         self.k3s.require_server_node()
         self.lock.acquire()
         try:
-            self.state = self.store.load(self.clock.now())
+            from k3srotd.node.files import Staging, resync_datastore
+
+            resync = resync_datastore(Staging(self.cfg.staging_dir), self.k3s)
+            self.state = self.store.load(self.clock.now(), resync)
             for note in self.store.notes:
                 self.log.warning("state.rebuilt", msg=note)
             from k3srotd.cluster import driver as rolling
