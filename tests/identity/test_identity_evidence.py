@@ -5,6 +5,7 @@ token controller follows Kubernetes's (tests/k3semu/secrets.py)."""
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 from idnode import IdNode
@@ -57,6 +58,7 @@ def test_a_legacy_secret_holds_its_keys_prune_until_it_is_reissued(plain_node: I
     node.ok("rotate-now")
     new = node.signing_kid()
     node.write_config(grace_period="1s")
+    time.sleep(1.1)  # the grace-period has passed: only the Secret holds the prune
     live = node.live_bytes()
 
     proc = node.k3srotd("prune")
