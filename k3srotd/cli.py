@@ -38,6 +38,9 @@ class Ctx:
             explicit = self.config_path  # click fills it from K3SROTD_CONFIG too
             if explicit and not os.path.exists(explicit):  # all defaults, as the contract says; a typo shows here
                 click.echo(f"k3srotd: {explicit}: does not exist; using the defaults and {explicit}.d/*.yaml", err=True)
+            unsafe = config.short_grace_warning(self._cfg)
+            if unsafe:
+                click.echo(f"k3srotd: {unsafe}", err=True)
         return self._cfg
 
     def logger(self) -> Log:
@@ -115,11 +118,21 @@ def rotate_now(obj: Ctx, dry_run: bool, skip_publish_wait: bool, ignore_window: 
 @click.option("--force", is_flag=True, help="Drop retired keys before their grace-period has passed.")
 @click.option("--yes", is_flag=True, help="Do not ask before --force.")
 @click.option("--ignore-window", is_flag=True, help="Run outside maintenance-window.")
+@click.option(
+    "--reissue-legacy",
+    is_flag=True,
+    help="Instead of pruning: have K3s sign again the service-account-token Secrets that retired keys signed.",
+)
 @click.pass_obj
-def prune(obj: Ctx, dry_run: bool, force: bool, yes: bool, ignore_window: bool) -> None:
+def prune(obj: Ctx, dry_run: bool, force: bool, yes: bool, ignore_window: bool, reissue_legacy: bool) -> None:
     """Drop retired keys whose grace-period has passed; --force drops them before that."""
     from k3srotd.commands import manual as commands
 
+    if reissue_legacy:
+        from k3srotd.commands import reissue
+
+        reissue.reissue_legacy(obj.cfg, obj.logger(), dry_run)
+        return
     if dry_run:
         commands.prune_dry_run(obj.cfg, force)
         return

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from k3srotd.core.durations import parse_duration
+from k3srotd.core.durations import format_duration, parse_duration
 from k3srotd.core.text import show
 from k3srotd.errors import ConfigError
 
@@ -63,12 +63,14 @@ class Config:
     metrics_file: str = ""
     hooks_dir: str = "/etc/k3srotd/hooks.d"
     automatic: bool = False  # the daemon starts rotations and prunes on its own only when the operator opted in
+    unsafe_short_grace: bool = False  # allows a grace-period under GRACE_FLOOR (tests, demos); every command warns
     # beyond the contract's table (see the README)
     max_splay: dt.timedelta = dt.timedelta(minutes=15)  # the daemon delays due steps by up to this, per node
     node_name: str = ""  # this server's Node in multi-server coordination; empty: K3s's node-name, else the hostname
     oidc_issuer_url: str = ""  # overrides K3s's service-account-issuer
     verify_issuer: str = "auto"  # auto | true | false
     issuer_wait_warn: dt.timedelta = dt.timedelta(hours=1)
+    issuer_poll: dt.timedelta = dt.timedelta(seconds=10)  # rotate-now asks the public issuer again this often
     verify_tokens: bool = True
     prune_token_metrics: bool = True
     k3s: K3sSettings = K3sSettings()
@@ -235,11 +237,13 @@ SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "metrics-file": ("metrics_file", _path),
     "hooks-dir": ("hooks_dir", _nonempty_path),
     "automatic": ("automatic", _bool),
+    "unsafe-short-grace": ("unsafe_short_grace", _bool),
     "max-splay": ("max_splay", _duration),
     "node-name": ("node_name", _str),
     "oidc-issuer-url": ("oidc_issuer_url", _optional_url),
     "verify-issuer": ("verify_issuer", _tristate),
     "issuer-wait-warn": ("issuer_wait_warn", _positive_duration),
+    "issuer-poll": ("issuer_poll", _positive_duration),
     "verify-tokens": ("verify_tokens", _bool),
     "prune-token-metrics": ("prune_token_metrics", _bool),
 }
@@ -298,14 +302,34 @@ def load(path: Optional[str] = None, environ: Optional[dict[str, str]] = None) -
     return cfg
 
 
+GRACE_FLOOR = dt.timedelta(hours=1)  # kube-apiserver's own floor for service-account-max-token-expiration
+
+
 def _check_grace(cfg: Config, raw: dict[str, tuple[Any, str]]) -> None:
     mte = cfg.k3s.max_token_expiration
-    if mte is not None and cfg.grace_period < mte:
-        src = raw["grace-period"][1] if "grace-period" in raw else "the default"
+    src = raw["grace-period"][1] if "grace-period" in raw else "the default"
+    if cfg.grace_period < GRACE_FLOOR and not cfg.unsafe_short_grace:
+        raise ConfigError(
+            f"{src}: key 'grace-period' ({format_duration(cfg.grace_period)}) is under 1h, kube-apiserver's floor for "
+            "token lifetimes, so tokens signed by a pruned key may still be in use; raise it to 1h or more "
+            "(`unsafe-short-grace: true` allows it, for tests and demos only)"
+        )
+    if mte is not None and cfg.grace_period < mte and cfg.grace_period >= GRACE_FLOOR:  # under it: unsafe, warned
         raise ConfigError(
             f"{src}: key 'grace-period' ({cfg.grace_period}) is shorter than K3s's "
             f"service-account-max-token-expiration ({mte}); tokens would outlive their key. Raise grace-period"
         )
+
+
+def short_grace_warning(cfg: Config) -> Optional[str]:
+    """Every command says it loudly while unsafe-short-grace lets a grace-period under 1h through."""
+    if cfg.grace_period >= GRACE_FLOOR:
+        return None
+    return (
+        f"UNSAFE: grace-period is {format_duration(cfg.grace_period)} (under 1h) because unsafe-short-grace is true: "
+        "a prune may break tokens that are still in use (service-account-max-token-expiration is not enforced either). "
+        "For tests and demos only; remove it and set grace-period: 1h or more"
+    )
 
 
 def _bool_text(v: str) -> Optional[bool]:

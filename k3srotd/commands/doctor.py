@@ -167,26 +167,19 @@ def local_checks(cfg: Config) -> list[Check]:
         return PASS, f"staging-dir: {cfg.staging_dir}"
 
     def tokens() -> Verdict:
-        from k3srotd.core.durations import format_duration
-        from k3srotd.identity.gates import safe_on_time_hint
+        from k3srotd.identity import report
 
-        k = cfg.k3s
-        if not k.tokens_may_outlive_grace and k.max_token_expiration is not None:
-            return PASS, (
-                f"token lifetime: max-token-expiration {format_duration(k.max_token_expiration)} within "
-                f"grace-period {format_duration(cfg.grace_period)}, extend-token-expiration=false"
-            )
-        return WARN, f"token lifetime: tokens may outlive grace-period: {safe_on_time_hint(cfg)}"
+        return report.bound_check(cfg, K3s(cfg), Clock().now())
 
     return [Check("state-dir", state_dir), Check("staging-dir", staging), Check("token lifetime", tokens)]
 
 
-def identity_checks(cfg: Config, k3s: K3s) -> list[Check]:
-    """The public issuer reachable and consistent with the cluster, the token counters (identity/gates.py)."""
-    from k3srotd.identity import gates
+def identity_checks(cfg: Config, k3s: K3s, clock: Clock) -> list[Check]:
+    """The public issuer reachable and consistent with the cluster, the legacy-token Secrets (identity/report.py)."""
+    from k3srotd.identity import report
 
     names = {"public_issuer": "public issuer", "consistent": "public issuer consistency"}
-    found: list[Callable[[], Verdict]] = gates.doctor_checks(cfg, k3s)  # type: ignore[assignment]
+    found: list[Callable[[], Verdict]] = report.doctor_checks(cfg, k3s, clock.now)
     return [Check(names.get(f.__name__, f.__name__.replace("_", " ")), f, (API,)) for f in found]
 
 
@@ -208,7 +201,7 @@ def checks(cfg: Config, outcome: Outcome, clock: Clock, config_path: Optional[st
         *node_checks(cfg, k3s, outcome.levels),
         *local_checks(cfg),
         Check("other rotators", lambda: other_rotator(cfg, k3s), (API,)),
-        *identity_checks(cfg, k3s),
+        *identity_checks(cfg, k3s, clock),
     ]
 
 

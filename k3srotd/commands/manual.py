@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 from typing import Any, Callable, Optional
 
 import click
 
 from k3srotd.config import Config
 from k3srotd.core import keys, planner
+from k3srotd.core import prune as core_prune
 from k3srotd.core.clock import Clock
 from k3srotd.core.durations import format_duration
 from k3srotd.core.model import ts
@@ -47,7 +47,7 @@ def rotate_now(
     clock = clock or Clock()
     from k3srotd.identity import gates
 
-    gates.issuer_url(cfg)  # verify-issuer true without an issuer URL: a config error before anything changes
+    gates.require_usable_issuer(cfg, K3s(cfg))  # verify-issuer true, no usable issuer: refused before any change
     with engine.Session(cfg, clock, log, events, progress) as s:
         if s.rolling is not None:  # multi-server: staged only; do this server's part, wait until in step
             s.rolling.ignore_window = ignore_window  # the other servers restart at once too
@@ -81,9 +81,6 @@ def rotate_now(
         click.echo(_summary(live, s.phase(live)))
 
 
-GATE_POLL_SECONDS = float(os.environ.get("K3SROTD_TEST_GATE_POLL") or 10.0)  # test hook: the tests poll faster
-
-
 def _await_promote_gate(s: engine.Session, cfg: Config, clock: Clock, log: Any, progress: Any) -> None:
     """Wait until the new key may sign (e.g. the public issuer lists it); the gate warns loudly past
     issuer-wait-warn and the wait goes on (Ctrl-C is safe: the key stays published)."""
@@ -94,7 +91,7 @@ def _await_promote_gate(s: engine.Session, cfg: Config, clock: Clock, log: Any, 
             return
         if progress is not None:
             progress(f"before promote, waiting for: {reason}", clock.monotonic() - start)
-        clock.sleep(GATE_POLL_SECONDS)
+        clock.sleep(cfg.issuer_poll.total_seconds())
 
 
 def rotate_now_dry_run(cfg: Config, skip_publish_wait: bool, clock: Optional[Clock] = None) -> None:
@@ -127,20 +124,11 @@ def rotate_now_dry_run(cfg: Config, skip_publish_wait: bool, clock: Optional[Clo
 
 
 def _prunable(cfg: Config, state: Any, live: keys.KeyFile, now: dt.datetime, force: bool) -> list[str]:
-    ret = planner.retired(state, live)
-    if force:
-        return [k for k, _ in ret]
-    return [k for k, at in ret if at + cfg.grace_period <= now]
+    return core_prune.due(planner.retired(state, live), cfg.grace_period, now, force)
 
 
 def _refuse_grace(cfg: Config, state: Any, live: keys.KeyFile) -> SafetyRefusal:
-    ret = planner.retired(state, live)
-    kid, at = min(ret, key=lambda r: r[1])
-    return SafetyRefusal(
-        f"{live.path}: no retired key has passed its grace-period ({cfg.grace_period}); the first, {kid}, "
-        f"retired at {ts(at)}, may be pruned from {ts(at + cfg.grace_period)}. Wait, or after a leak use "
-        "`prune --force`"
-    )
+    return SafetyRefusal(core_prune.grace_refusal(live.path, planner.retired(state, live), cfg.grace_period))
 
 
 def prune(

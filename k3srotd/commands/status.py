@@ -128,9 +128,10 @@ def _automatic_row(cfg: Config, config_path: Optional[str]) -> tuple[str, str]:
 
 
 def _identity_rows(cfg: Config, v: engine.View) -> list[tuple[str, str]]:
-    """What promote or prune awaits and since when, the public issuer, the token settings (see gates.py)."""
+    """What promote or prune awaits and since when, the public issuer, the token evidence (identity/report.py)."""
     from k3srotd.core import planner
-    from k3srotd.identity import gates
+    from k3srotd.identity import report
+    from k3srotd.node.k3s import K3s
 
     pending = v.state.pending if v.phase == planner.PUBLISHED else None
-    return gates.status_rows(cfg, pending, [kid for kid, _ in planner.retired(v.state, v.live)])
+    return report.status_rows(cfg, K3s(cfg), pending, [kid for kid, _ in planner.retired(v.state, v.live)])

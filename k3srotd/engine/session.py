@@ -120,7 +120,7 @@ class Session:
                 self.log,
                 self.events,
                 self.progress,
-                checks=gates.step_checks(self.cfg, self.k3s, self.log),
+                checks=gates.step_checks(self.cfg, self.k3s, self.log, self.clock.now),
                 rolling=self.rolling,
             )
             intent = self.state.intent
@@ -207,22 +207,11 @@ class Session:
         return gates.prune_gate(self.cfg, self.k3s, self.log, drop, self.clock.now(), others)
 
     def warn_token_lifetime(self, step: str) -> None:
-        k = self.cfg.k3s
-        if k.tokens_may_outlive_grace:
-            why = (
-                "service-account-extend-token-expiration is not false"
-                if k.extend_token_expiration is not False
-                else "no service-account-max-token-expiration is set"
-            )
-            self.log.warning(
-                "tokens.may-outlive-grace",
-                msg=(
-                    f"{step}: tokens may outlive the grace-period ({why} in K3s's kube-apiserver-arg); set "
-                    "service-account-extend-token-expiration=false and service-account-max-token-expiration "
-                    "no longer than grace-period to make the prune safe on time"
-                ),
-                step=step,
-            )
+        from k3srotd.identity import gates
+
+        text = gates.token_lifetime_warning(self.cfg, step)  # only when true of K3s's token settings
+        if text is not None:
+            self.log.warning("tokens.may-outlive-grace", msg=text, step=step)
 
 
 def in_window(cfg: Config, now: dt.datetime) -> bool:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import VERSION, certs, faults, identity, join, jwt, keys, log, nodes, objects, tokens
+from . import secrets as sa_secrets
 from .bootstrap import Datastore
 
 
@@ -296,6 +297,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._service_accounts(m.group(1), m.group(2), body)
         elif _LEASE_PATH.match(path) or _NODE_PATH.match(path):
             self._objects(path, query, body)
+        elif sa_secrets.owns(path):  # Secrets and the token controller: secrets.py
+            self._send(*sa_secrets.serve(st, self.command, path, query, body))
         else:
             self._send(404, status_body(404, "NotFound", "the server could not find the requested resource", {}))
 
