@@ -43,6 +43,9 @@ class Ctx:
             explicit = self.config_path  # click fills it from K3SROTD_CONFIG too
             if explicit and not os.path.exists(explicit):  # all defaults, as the contract says; a typo shows here
                 click.echo(f"k3srotd: {explicit}: does not exist; using the defaults and {explicit}.d/*.yaml", err=True)
+            unsafe = config.short_grace_warning(self._cfg)
+            if unsafe:
+                click.echo(f"k3srotd: {unsafe}", err=True)
         return self._cfg
 
     def logger(self) -> Log:
@@ -58,7 +61,8 @@ class Ctx:
     "config",
     metavar="FILE",
     envvar="K3SROTD_CONFIG",
-    help="Main config file (default /etc/k3srotd/config.yaml); its drop-ins are FILE.d/*.yaml.",
+    help="Main config file (default /etc/k3srotd/config.yaml; a missing file means all defaults); its drop-ins "
+    "are FILE.d/*.yaml. Also from K3SROTD_CONFIG.",
 )
 @click.option(
     "--log-format",
@@ -88,19 +92,20 @@ def _progress(log: Log) -> Progress:
     return show
 
 
-def _events(obj: Ctx, log: Log) -> Optional[Events]:
+def _events(obj: Ctx, log: Log) -> Events:
+    from k3srotd.core.clock import Clock
     from k3srotd.output.observers import make_events
 
-    return make_events(obj.cfg, log)
+    return make_events(obj.cfg, log, Clock())
 
 
 @cli.command("rotate-now")
 @click.option("--dry-run", is_flag=True, help="Print what would be done; write, run and restart nothing.")
-@click.option("--skip-publish-wait", is_flag=True, help="Promote at once after publish (after a key leak).")
+@click.option("--skip-publish-wait", is_flag=True, help="Promote right after publish (after a key leak).")
 @click.option("--ignore-window", is_flag=True, help="Run outside maintenance-window.")
 @click.pass_obj
 def rotate_now(obj: Ctx, dry_run: bool, skip_publish_wait: bool, ignore_window: bool) -> None:
-    """Rotate now, up to the new key signing (staged: publish, wait, promote).
+    """Rotate now, in the foreground, up to the new key signing (staged: publish, wait, promote).
 
     Continues a rotation already under way.
     """
@@ -118,11 +123,21 @@ def rotate_now(obj: Ctx, dry_run: bool, skip_publish_wait: bool, ignore_window: 
 @click.option("--force", is_flag=True, help="Drop retired keys before their grace-period has passed.")
 @click.option("--yes", is_flag=True, help="Do not ask before --force.")
 @click.option("--ignore-window", is_flag=True, help="Run outside maintenance-window.")
+@click.option(
+    "--reissue-legacy",
+    is_flag=True,
+    help="Instead of pruning: have K3s sign again the service-account-token Secrets that retired keys signed.",
+)
 @click.pass_obj
-def prune(obj: Ctx, dry_run: bool, force: bool, yes: bool, ignore_window: bool) -> None:
-    """Drop retired keys whose grace-period has passed."""
+def prune(obj: Ctx, dry_run: bool, force: bool, yes: bool, ignore_window: bool, reissue_legacy: bool) -> None:
+    """Drop retired keys whose grace-period has passed; --force drops them before that."""
     from k3srotd.commands import prune as command
 
+    if reissue_legacy:
+        from k3srotd.commands import reissue
+
+        reissue.reissue_legacy(obj.cfg, obj.logger(), dry_run)
+        return
     if dry_run:
         command.prune_dry_run(obj.cfg, force)
         return
@@ -135,7 +150,7 @@ def prune(obj: Ctx, dry_run: bool, force: bool, yes: bool, ignore_window: bool) 
 @click.option("--ignore-window", is_flag=True, help="Run outside maintenance-window.")
 @click.pass_obj
 def rollback(obj: Ctx, yes: bool, ignore_window: bool) -> None:
-    """Put back the key set that was live before the last completed step."""
+    """Put back the key set that was live before the last completed step; asks first unless --yes."""
     from k3srotd.commands import rollback as command
 
     log = obj.logger()
@@ -143,22 +158,33 @@ def rollback(obj: Ctx, yes: bool, ignore_window: bool) -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="One JSON object (see the README for its fields).")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object: phase, signer_kid, keys (position, kid, role, algorithm, bits, retired_at), "
+    "last_rotation, next_action.",
+)
 @click.pass_obj
 def status(obj: Ctx, as_json: bool) -> None:
     """Keys, roles, phase, and what happens next and when."""
     from k3srotd.commands import status as st
+    from k3srotd.core.clock import Clock
 
-    click.echo(st.render(obj.cfg, as_json), nl=False)
+    click.echo(st.render(obj.cfg, as_json, Clock(), obj.config_path), nl=False)
 
 
 @cli.command()
 @click.pass_obj
 def doctor(obj: Ctx) -> None:
-    """Preflight checks, one PASS/WARN/FAIL line each; exit 0 when nothing FAILs."""
-    from k3srotd.commands import doctor as dr
+    """Preflight checks, one PASS/WARN/FAIL/SKIP line each; exit 0 when nothing FAILs.
 
-    lines, failed = dr.run(obj.cfg)
+    SKIP: a check that did not run, and why (a FAIL it follows from, or nothing to check here).
+    """
+    from k3srotd.commands import doctor as dr
+    from k3srotd.core.clock import Clock
+
+    lines, failed = dr.run(obj.cfg, Clock(), obj.config_path)
     for line in lines:
         click.echo(line)
     if failed:
@@ -168,7 +194,11 @@ def doctor(obj: Ctx) -> None:
 @cli.command()
 @click.pass_obj
 def run(obj: Ctx) -> None:
-    """The daemon: schedules and drives rotations and prunes; resumes an interrupted step at start."""
+    """The daemon: schedules and drives rotations and prunes; resumes an interrupted step at start.
+
+    It starts rotations and prunes by itself only with `automatic: true` in the config; without it, it finishes
+    or undoes an interrupted step, follows a step started on another server, and says what would be due.
+    """
     from k3srotd.daemon import service as daemon
 
     sys.exit(daemon.main(obj.config_path, obj.log_format, obj.run))
@@ -180,6 +210,15 @@ def _confirm(question: str) -> bool:
     if not sys.stdin.isatty():
         raise ConfigError(f"{question.rstrip('?')}: cannot ask without a terminal; add --yes to confirm")
     return click.confirm(question, default=False)
+
+
+def _error_line(message: str) -> str:
+    """The final line: one line, bounded, through the same key-material guard as the logs (a failing
+    rotate-ca or restart-command that echoes its input must not put a key on stderr)."""
+    from k3srotd.core.text import cut
+    from k3srotd.output.logs import redact_text
+
+    return "k3srotd: " + cut(redact_text(message))
 
 
 def main(argv: Optional[list[str]] = None, run: Optional[Run] = None) -> None:
@@ -200,7 +239,7 @@ def main(argv: Optional[list[str]] = None, run: Optional[Run] = None) -> None:
     except K3srotdError as e:
         if sys.stderr.isatty():
             sys.stderr.write("\r\033[K")
-        click.echo(f"k3srotd: {e}", err=True)
+        click.echo(_error_line(str(e)), err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         click.echo("k3srotd: interrupted", err=True)
@@ -208,5 +247,5 @@ def main(argv: Optional[list[str]] = None, run: Optional[Run] = None) -> None:
     except Exception as e:
         if debug or os.environ.get("K3SROTD_DEBUG"):
             raise
-        click.echo(f"k3srotd: unexpected error: {type(e).__name__}: {e} (run with --debug for details)", err=True)
+        click.echo(_error_line(f"unexpected error: {type(e).__name__}: {e} (run with --debug for details)"), err=True)
         sys.exit(1)

@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from k3srotd.core.durations import parse_duration
+from k3srotd.core.durations import format_duration, parse_duration
+from k3srotd.core.text import show
 from k3srotd.errors import ConfigError
 
 DEFAULT_CONFIG = "/etc/k3srotd/config.yaml"
@@ -63,6 +64,8 @@ class Config:
     log_format: str = "auto"
     metrics_file: str = ""
     hooks_dir: str = "/etc/k3srotd/hooks.d"
+    automatic: bool = False  # the daemon starts rotations and prunes on its own only when the operator opted in
+    unsafe_short_grace: bool = False  # allows a grace-period under GRACE_FLOOR (tests, demos); every command warns
     # beyond the contract's table (see the README)
     max_splay: dt.timedelta = dt.timedelta(minutes=15)  # the daemon delays due steps by up to this, per node
     node_name: str = ""  # this server's Node in multi-server coordination; empty: K3s's node-name, else the hostname
@@ -70,6 +73,7 @@ class Config:
     oidc_issuer_url: str = ""  # overrides K3s's service-account-issuer
     verify_issuer: str = "auto"  # auto | true | false
     issuer_wait_warn: dt.timedelta = dt.timedelta(hours=1)
+    issuer_poll: dt.timedelta = dt.timedelta(seconds=10)  # rotate-now asks the public issuer again this often
     verify_tokens: bool = True
     prune_token_metrics: bool = True
     k3s: K3sSettings = K3sSettings()
@@ -105,6 +109,9 @@ class Config:
         return Path(self.state_dir) / "backups"
 
 
+MAX_DURATION = dt.timedelta(days=36500)  # 100 years: beyond it, date arithmetic overflows somewhere
+
+
 def _str(v: Any) -> str:
     if not isinstance(v, str):
         raise ValueError(f"expected a string, got {type(v).__name__}")
@@ -114,7 +121,9 @@ def _str(v: Any) -> str:
 def _path(v: Any) -> str:
     s = _str(v)
     if s and not s.startswith("/"):
-        raise ValueError(f"{s!r} is not an absolute path")
+        raise ValueError(f"{show(s)} is not an absolute path")
+    if "\0" in s:
+        raise ValueError("holds a NUL byte")
     return s
 
 
@@ -131,6 +140,8 @@ def _duration(v: Any) -> dt.timedelta:
     d = parse_duration(str(v) + ("s" if isinstance(v, int) and v != 0 else ""))
     if d.total_seconds() < 0:
         raise ValueError("must not be negative")
+    if d > MAX_DURATION:
+        raise ValueError(f"{show(v)} is longer than 100 years")
     return d
 
 
@@ -143,14 +154,15 @@ def _positive_duration(v: Any) -> dt.timedelta:
 
 def _bool(v: Any) -> bool:
     if not isinstance(v, bool):
-        raise ValueError(f"expected true or false, got {v!r}")
+        raise ValueError(f"expected true or false, got {show(v)}")
     return v
 
 
 def _choice(*allowed: Any) -> Callable[[Any], Any]:
     def check(v: Any) -> Any:
-        if isinstance(v, bool) or v not in allowed:
-            raise ValueError(f"{v!r} is not one of {', '.join(str(a) for a in allowed)}")
+        # 2048.0 == 2048 in Python: the type must match too
+        if not any(type(v) is type(a) and v == a for a in allowed):
+            raise ValueError(f"{show(v)} is not one of {', '.join(str(a) for a in allowed)}")
         return v
 
     return check
@@ -164,7 +176,7 @@ def _argv(v: Any) -> tuple[str, ...]:
 
 def _count(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"expected a whole number of at least 1, got {v!r}")
+        raise ValueError(f"expected a whole number of at least 1, got {show(v)}")
     return v
 
 
@@ -177,9 +189,18 @@ def _window(v: Any) -> Any:
 
 
 def _url(v: Any) -> str:
+    from urllib.parse import urlsplit
+
     s = _str(v)
     if not s.startswith("https://"):
-        raise ValueError(f"{s!r} is not an https:// URL")
+        raise ValueError(f"{show(s)} is not an https:// URL")
+    try:
+        parts = urlsplit(s)
+        parts.port  # noqa: B018 - raises on a port that is no number or out of range
+    except ValueError:
+        raise ValueError(f"{show(s)} is not a valid URL") from None
+    if not parts.hostname or any(c.isspace() for c in s):
+        raise ValueError(f"{show(s)} is not a valid URL (write https://HOST[:PORT])")
     return s
 
 
@@ -218,50 +239,43 @@ SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "log-format": ("log_format", _choice("auto", "journal", "json", "console")),
     "metrics-file": ("metrics_file", _path),
     "hooks-dir": ("hooks_dir", _nonempty_path),
+    "automatic": ("automatic", _bool),
+    "unsafe-short-grace": ("unsafe_short_grace", _bool),
     "max-splay": ("max_splay", _duration),
     "node-name": ("node_name", _str),
     "oidc-issuer-url": ("oidc_issuer_url", _optional_url),
     "verify-issuer": ("verify_issuer", _tristate),
     "issuer-wait-warn": ("issuer_wait_warn", _positive_duration),
+    "issuer-poll": ("issuer_poll", _positive_duration),
     "verify-tokens": ("verify_tokens", _bool),
     "prune-token-metrics": ("prune_token_metrics", _bool),
 }
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot be read ({e.strerror}); fix its permissions or path") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: is not valid YAML{where}; fix the syntax") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: must be a YAML mapping of keys such as `grace-period: 24h`")
-    return data
-
-
-def _layered(main: Path) -> tuple[dict[str, tuple[Any, str]], list[str]]:
+def _layered(main: Path, trusted: bool = False) -> tuple[dict[str, tuple[Any, str]], list[str]]:
     """Main file then FILE.d/*.yaml in lexical order; later keys override. Values carry their source file.
-    A missing main file means all defaults (the contract), also for --config: its drop-ins still count."""
+    A missing main file means all defaults (the contract), also for --config: its drop-ins still count.
+    `trusted`: k3srotd's own config, which names what root runs: each file and the folder must be root's."""
+    from k3srotd.node import trust
+    from k3srotd.node.yamlfile import read_yaml
+
     merged: dict[str, tuple[Any, str]] = {}
     sources: list[str] = []
     files: list[Path] = []
     if main.exists():
         files.append(main)
     dropin = Path(str(main) + ".d")
+    if trusted:
+        trust.require_path(str(dropin), "the config's drop-in folder")
     if dropin.is_dir():
         files.extend(sorted(p for p in dropin.iterdir() if p.suffix == ".yaml" and p.is_file()))
     for f in files:
+        if trusted:
+            trust.require_path(str(f), "the config")
         sources.append(str(f))
-        for k, v in _read_yaml(f).items():
+        for k, v in read_yaml(f).items():
+            if not isinstance(k, (str, int, float, bool)) and k is not None:
+                raise ConfigError(f"{f}: key {show(k)} is not a name; keys are words such as grace-period")
             merged[str(k)] = (v, str(f))
     return merged, sources
 
@@ -269,16 +283,16 @@ def _layered(main: Path) -> tuple[dict[str, tuple[Any, str]], list[str]]:
 def load(path: Optional[str] = None, environ: Optional[dict[str, str]] = None, unit_dir: str = SYSTEMD_DIR) -> Config:
     env = os.environ if environ is None else environ
     explicit = path or env.get("K3SROTD_CONFIG")
-    main = Path(explicit or DEFAULT_CONFIG)
-    raw, sources = _layered(main)
+    main = Path(os.path.abspath(explicit or DEFAULT_CONFIG))
+    raw, sources = _layered(main, trusted=True)
     values: dict[str, Any] = {}
     for key, (value, src) in raw.items():
         if key not in SCHEMA:
-            raise ConfigError(f"{src}: unknown key {key!r}; see `man k3srotd` or the README for the keys")
+            raise ConfigError(f"{src}: unknown key {show(key)}; see `man k3srotd` or the README for the keys")
         field, check = SCHEMA[key]
         try:
             values[field] = check(value)
-        except (ValueError, ConfigError) as e:
+        except (ValueError, TypeError, OverflowError, ConfigError) as e:
             msg = str(e).split(": ", 1)[-1] if isinstance(e, ConfigError) else str(e)
             raise ConfigError(f"{src}: key {key!r}: {msg}") from None
     if "restart_command" not in values:
@@ -291,6 +305,9 @@ def load(path: Optional[str] = None, environ: Optional[dict[str, str]] = None, u
     cfg = Config(**values, k3s=k3s, sources=tuple(sources))
     _check_grace(cfg, raw)
     return cfg
+
+
+GRACE_FLOOR = dt.timedelta(hours=1)  # kube-apiserver's own floor for service-account-max-token-expiration
 
 
 def _installer_node_name(service: str, unit_dir: str) -> Optional[str]:
@@ -311,12 +328,29 @@ def _installer_node_name(service: str, unit_dir: str) -> Optional[str]:
 
 def _check_grace(cfg: Config, raw: dict[str, tuple[Any, str]]) -> None:
     mte = cfg.k3s.max_token_expiration
-    if mte is not None and cfg.grace_period < mte:
-        src = raw["grace-period"][1] if "grace-period" in raw else "the default"
+    src = raw["grace-period"][1] if "grace-period" in raw else "the default"
+    if cfg.grace_period < GRACE_FLOOR and not cfg.unsafe_short_grace:
+        raise ConfigError(
+            f"{src}: key 'grace-period' ({format_duration(cfg.grace_period)}) is under 1h, kube-apiserver's floor for "
+            "token lifetimes, so tokens signed by a pruned key may still be in use; raise it to 1h or more "
+            "(`unsafe-short-grace: true` allows it, for tests and demos only)"
+        )
+    if mte is not None and cfg.grace_period < mte and cfg.grace_period >= GRACE_FLOOR:  # under it: unsafe, warned
         raise ConfigError(
             f"{src}: key 'grace-period' ({cfg.grace_period}) is shorter than K3s's "
             f"service-account-max-token-expiration ({mte}); tokens would outlive their key. Raise grace-period"
         )
+
+
+def short_grace_warning(cfg: Config) -> Optional[str]:
+    """Every command says it loudly while unsafe-short-grace lets a grace-period under 1h through."""
+    if cfg.grace_period >= GRACE_FLOOR:
+        return None
+    return (
+        f"UNSAFE: grace-period is {format_duration(cfg.grace_period)} (under 1h) because unsafe-short-grace is true: "
+        "a prune may break tokens that are still in use (service-account-max-token-expiration is not enforced either). "
+        "For tests and demos only; remove it and set grace-period: 1h or more"
+    )
 
 
 def _bool_text(v: str) -> Optional[bool]:
@@ -344,7 +378,9 @@ def load_k3s_settings(main: Path) -> K3sSettings:
         args = [args]
     flags: dict[str, str] = {}
     for a in args if isinstance(args, list) else []:
-        name, _, val = str(a).lstrip("-").partition("=")
+        if not isinstance(a, str):
+            continue  # K3s passes strings only; a nested value is no flag
+        name, _, val = a.lstrip("-").partition("=")
         if name == "service-account-issuer" and name in flags:
             continue  # kube-apiserver signs with the first issuer given; later ones are only accepted
         flags[name] = val
@@ -356,7 +392,7 @@ def load_k3s_settings(main: Path) -> K3sSettings:
             src = sources[-1] if sources else str(main)
             raise ConfigError(
                 f"{src}: kube-apiserver-arg service-account-max-token-expiration="
-                f"{flags['service-account-max-token-expiration']!r} is not a duration"
+                f"{show(flags['service-account-max-token-expiration'])} is not a duration"
             ) from None
     extend = None
     if "service-account-extend-token-expiration" in flags:

@@ -42,8 +42,10 @@ class Node:
             "state-dir": str(self.state_dir),
             "publish-wait": "0s",
             "grace-period": "24h",
+            "unsafe-short-grace": True,  # the tests shorten grace-period below kube-apiserver's 1 h floor
             "hooks-dir": str(root / "hooks"),
             "log-format": "json",
+            "automatic": True,  # the daemon tests drive its own steps; tests of the default set it false
         }
         self.write_config()
 

@@ -2,9 +2,8 @@
 
     python tests/k3srotd_test_main.py [k3srotd arguments]
 
-K3SROTD_TEST_CRASH_AT (a step boundary to be SIGKILLed at, e.g. `promote:uploaded`), K3SROTD_TEST_LEASE_SECONDS
-(short cluster leases) and K3SROTD_TEST_GATE_POLL (a faster look at the promote gate) are read here, by test code
-only, and handed to the CLI as its `run` (engine.coordinator.Run).
+K3SROTD_TEST_CRASH_AT (a step boundary to be SIGKILLed at, e.g. `promote:uploaded`) and K3SROTD_TEST_LEASE_SECONDS
+(short cluster leases) are read here, by test code only, and handed to the CLI as its `run` (engine.coordinator.Run).
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ def main() -> None:
     run = Run(
         crash_at=os.environ.get("K3SROTD_TEST_CRASH_AT") or None,
         lease_seconds=_float("K3SROTD_TEST_LEASE_SECONDS"),
-        gate_poll=_float("K3SROTD_TEST_GATE_POLL"),
     )
     cli.main(sys.argv[1:], run)
 

@@ -11,8 +11,9 @@ import click
 from k3srotd.commands.common import Confirm, Stop, summary
 from k3srotd.config import Config
 from k3srotd.core import keys, planner
+from k3srotd.core import prune as core_prune
 from k3srotd.core.clock import Clock
-from k3srotd.core.model import State, ts
+from k3srotd.core.model import State
 from k3srotd.core.ports import Log
 from k3srotd.engine import session as engine
 from k3srotd.engine.coordinator import Run
@@ -22,20 +23,11 @@ from k3srotd.errors import SafetyRefusal
 
 
 def _prunable(cfg: Config, state: State, live: keys.KeyFile, now: dt.datetime, force: bool) -> list[str]:
-    ret = planner.retired(state, live)
-    if force:
-        return [k for k, _ in ret]
-    return [k for k, at in ret if at + cfg.grace_period <= now]
+    return core_prune.due(planner.retired(state, live), cfg.grace_period, now, force)
 
 
 def _refuse_grace(cfg: Config, state: State, live: keys.KeyFile) -> SafetyRefusal:
-    ret = planner.retired(state, live)
-    kid, at = min(ret, key=lambda r: r[1])
-    return SafetyRefusal(
-        f"{live.path}: no retired key has passed its grace-period ({cfg.grace_period}); the first, {kid}, "
-        f"retired at {ts(at)}, may be pruned from {ts(at + cfg.grace_period)}. Wait, or after a leak use "
-        "`prune --force`"
-    )
+    return SafetyRefusal(core_prune.grace_refusal(live.path, planner.retired(state, live), cfg.grace_period))
 
 
 def prune(

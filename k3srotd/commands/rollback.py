@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Optional
 
 import click
@@ -54,7 +53,7 @@ def rollback(
                 "since. Refusing to roll back over it"
             )
         try:
-            backup = Path(last.backup).read_bytes()
+            backup = s.executor.backups.read(last.backup, last.backup_sha256)
         except OSError:
             raise SafetyRefusal(f"{last.backup}: the backup of the last step is gone; cannot roll back") from None
         engine.require_window(cfg, clock.now(), "rollback", ignore_window)

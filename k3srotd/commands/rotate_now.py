@@ -21,8 +21,6 @@ from k3srotd.engine.restart import Progress
 from k3srotd.errors import LockHeld, SafetyRefusal
 from k3srotd.node.k3s import K3s
 
-GATE_POLL_SECONDS = 10.0  # between looks at the promote gate
-
 
 def rotate_now(
     cfg: Config,
@@ -37,10 +35,10 @@ def rotate_now(
     clock = clock or Clock()
     from k3srotd.identity import gates
 
-    gates.issuer_url(cfg)  # verify-issuer true without an issuer URL: a config error before anything changes
+    gates.require_usable_issuer(cfg, K3s(cfg))  # verify-issuer true, no usable issuer: refused before any change
     stop = Stop()
     run = dataclasses.replace(run or Run(), ignore_window=ignore_window)
-    gate_poll = run.gate_poll or GATE_POLL_SECONDS
+    gate_poll = cfg.issuer_poll.total_seconds()
     session = engine.Session(cfg, clock, log, events, progress, run=run)
     with stop.around(session) as s:
         if cfg.strategy == "direct":

@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import re
 
+from k3srotd.core.text import show
+
 _UNITS = {
     "d": 86400.0,
     "h": 3600.0,
@@ -37,8 +39,11 @@ def parse_duration(text: str) -> dt.timedelta:
         total += float(m.group(1)) * _UNITS[m.group(2)]
         pos = m.end()
     if pos != len(s):
-        raise ValueError(f"{text!r} is not a duration (write e.g. 90d, 24h, 10m, 30s or 1h30m)")
-    return dt.timedelta(seconds=total)
+        raise ValueError(f"{show(text)} is not a duration (write e.g. 90d, 24h, 10m, 30s or 1h30m)")
+    try:
+        return dt.timedelta(seconds=total)
+    except OverflowError:
+        raise ValueError(f"{show(text)} is too long a duration") from None
 
 
 def format_duration(delta: dt.timedelta) -> str:

@@ -13,12 +13,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence, Union
 
+from k3srotd.core import gopem
 from k3srotd.errors import SafetyRefusal
-
-PRIVATE_LABELS = ("RSA PRIVATE KEY", "PRIVATE KEY", "EC PRIVATE KEY")
-PUBLIC_LABELS = ("PUBLIC KEY", "RSA PUBLIC KEY")
-CERT_LABELS = ("CERTIFICATE",)
-ENCRYPTED_LABELS = ("ENCRYPTED PRIVATE KEY",)
 
 
 class KeyFileError(SafetyRefusal):
@@ -49,6 +45,8 @@ class KeyFile:
     segments: tuple[Segment, ...]
     path: str
     duplicates: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()  # PEM blocks kube-apiserver neither verifies nor signs with, kept as text
+    signer_kid: str = ""  # client-go's ParsePrivateKeyPEM: the first block with a private key label
 
     @property
     def blocks(self) -> list[KeyBlock]:
@@ -62,7 +60,7 @@ class KeyFile:
     @property
     def signer(self) -> KeyBlock:
         for b in self.blocks:
-            if b.is_private:
+            if b.kid == self.signer_kid or (not self.signer_kid and b.is_private):
                 return b
         raise KeyFileError(f"{self.path}: holds no private key; K3s cannot sign with it")
 
@@ -84,90 +82,84 @@ def kid_of(public_key: Any) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode("ascii")
 
 
-def _load_private(pem: bytes) -> Any:
-    from cryptography.hazmat.primitives import serialization
-
-    try:
-        # Existing keys need only their public halves; K3s validates what it loads. Skipping the RSA
-        # consistency check is ~3,000x faster on cryptography >= 39 (the argument does not exist before).
-        return serialization.load_pem_private_key(pem, None, unsafe_skip_rsa_key_validation=True)
-    except TypeError as e:
-        if "unsafe_skip_rsa_key_validation" not in str(e):
-            raise
-        return serialization.load_pem_private_key(pem, None)
+def _cut(label: str) -> str:
+    return label if len(label) <= 40 else label[:40] + "..."
 
 
-def _describe(public_key: Any, path: str, what: str) -> tuple[str, int]:
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+@dataclass
+class _Scan:
+    """What parse() has learned so far, block by block."""
 
-    if isinstance(public_key, rsa.RSAPublicKey):
-        return "RSA", public_key.key_size
-    if isinstance(public_key, ec.EllipticCurvePublicKey):
-        return "EC", public_key.curve.key_size
-    raise KeyFileError(
-        f"{path}: {what} is neither RSA nor EC; kube-apiserver accepts only those. Remove it from the file"
-    )
-
-
-def _normalise(lines: Sequence[bytes]) -> bytes:
-    """PEM for cryptography: LF line endings, no blank lines (K3s's Go parser tolerates both)."""
-    out = [ln.strip() for ln in lines]
-    return b"\n".join(ln for ln in out if ln) + b"\n"
+    path: str
+    segments: list[Segment] = dataclasses.field(default_factory=list)
+    seen: set[str] = dataclasses.field(default_factory=set)
+    duplicates: list[str] = dataclasses.field(default_factory=list)
+    ignored: list[str] = dataclasses.field(default_factory=list)
+    signer: str = ""
+    first_private: bool = False  # the first block with a private key label has been judged
+    encrypted: bool = False
 
 
-def _parse_block(label: str, lines: Sequence[bytes], path: str, index: int) -> KeyBlock | None:
-    from cryptography.hazmat.primitives import serialization
-
-    what = f"PEM block {index} ({label})"
-    raw = b"".join(lines)
-    if label in ENCRYPTED_LABELS or any(b"ENCRYPTED" in ln and b"Proc-Type" in ln for ln in lines):
+def _judge_signer(scan: _Scan, label: str, lines: Sequence[bytes], der: bytes | None, what: str) -> str:
+    """K3s signs with the first private key client-go's ParsePrivateKeyPEM loads. A first private key that Go
+    cannot load (or kube-apiserver cannot sign with) leaves it unclear which key K3s signs with: refuse."""
+    if gopem.encrypted(lines):
         raise KeyFileError(
-            f"{path}: {what} is encrypted; K3s needs unencrypted keys. Decrypt it (openssl rsa -in ...) "
+            f"{scan.path}: {what} is encrypted; K3s needs unencrypted keys. Decrypt it (openssl rsa -in ...) "
             "or restore the file from a backup"
         )
-    pem = _normalise(lines)
-    try:
-        if label in PRIVATE_LABELS:
-            key = _load_private(pem)
-            pub = key.public_key()
-            kind = "private"
-        elif label in PUBLIC_LABELS:
-            pub = serialization.load_pem_public_key(pem)
-            kind = "public"
-        elif label in CERT_LABELS:
-            from cryptography import x509  # ~60 ms to import: only for files that hold certificates
-
-            pub = x509.load_pem_x509_certificate(pem).public_key()
-            kind = "certificate"
-        else:
-            return None  # other blocks are tolerated and kept in place, as K3s does
-    except (ValueError, TypeError) as e:
+    got = gopem.signer_key(label, der) if der is not None else None
+    if got is None:
         raise KeyFileError(
-            f"{path}: {what} cannot be parsed ({type(e).__name__}); the file may be truncated or damaged. "
-            "Restore it from a backup before k3srotd touches it"
-        ) from None
-    algorithm, bits = _describe(pub, path, what)
-    return KeyBlock(raw=raw, kind=kind, kid=kid_of(pub), algorithm=algorithm, bits=bits)
+            f"{scan.path}: {what} cannot be parsed as kube-apiserver parses it (Go's crypto/x509: PKCS#1 for RSA "
+            "PRIVATE KEY, SEC1 on P-224/256/384/521 for EC PRIVATE KEY, PKCS#8 for PRIVATE KEY; no RSA-PSS, no "
+            "explicit curve parameters), so K3s would sign with another key. Restore the file from a backup"
+        )
+    if got.algorithm == "other" or (got.algorithm == "EC" and got.curve not in gopem.SIGNING_CURVES):
+        raise KeyFileError(
+            f"{scan.path}: {what} is the first private key, so K3s signs with it, but kube-apiserver signs only "
+            "with RSA or EC on P-256/384/521. Put an RSA key first, or restore the file from a backup"
+        )
+    return kid_of(got.public)
+
+
+def _parse_block(scan: _Scan, label: str, lines: Sequence[bytes], index: int) -> KeyBlock | None:
+    what = f"PEM block {index} ({_cut(label)})"
+    der = gopem.block_bytes(lines)
+    scan.encrypted = scan.encrypted or "ENCRYPTED" in label or gopem.encrypted(lines)
+    judged = label in gopem.SIGNER_LABELS and not scan.first_private
+    if judged:
+        scan.first_private = True
+        scan.signer = _judge_signer(scan, label, lines, der, what)
+    got = gopem.verify_key(der) if der is not None else None
+    if got is None:
+        if judged:
+            raise KeyFileError(
+                f"{scan.path}: {what} holds an EC key in PKCS#8: K3s signs with it, but kube-apiserver does not "
+                "verify with it (client-go reads EC private keys only in SEC1), so every token would fail. "
+                "Convert it (openssl ec -in KEY -out KEY.sec1) or restore the file from a backup"
+            )
+        scan.ignored.append(what)
+        return None
+    kind = "private" if got.private else ("certificate" if label == "CERTIFICATE" else "public")
+    bits = got.public.key_size if got.algorithm == "RSA" else got.public.curve.key_size
+    return KeyBlock(raw=b"".join(lines), kind=kind, kid=kid_of(got.public), algorithm=got.algorithm, bits=bits)
 
 
 def parse(data: bytes, path: str) -> KeyFile:
-    """Parse a service.key; raise KeyFileError naming the path and what to do when K3s could not use it."""
+    """Parse a service.key as kube-apiserver does; raise KeyFileError naming the path and what to do when K3s
+    could not use it. Blocks kube-apiserver ignores stay in place as text, and are named in `ignored`."""
     if not data.strip():
         raise KeyFileError(f"{path}: is empty; K3s would generate a new signing key. Restore it from a backup")
-    segments: list[Segment] = []
+    scan = _Scan(path)
     text: list[bytes] = []
     block: list[bytes] | None = None
     label = ""
-    seen: set[str] = set()
-    duplicates: list[str] = []
     index = 0
     for line in data.splitlines(keepends=True):
         s = line.strip()
         if block is None:
             if s.startswith(b"-----BEGIN ") and s.endswith(b"-----"):
-                if text:
-                    segments.append(b"".join(text))
-                    text = []
                 label = s[11:-5].decode("ascii", "replace")
                 block = [line]
             else:
@@ -176,25 +168,34 @@ def parse(data: bytes, path: str) -> KeyFile:
         block.append(line)
         if s.startswith(b"-----END ") and s.endswith(b"-----"):
             index += 1
-            parsed = _parse_block(label, block, path, index)
+            parsed = _parse_block(scan, label, block, index)
             if parsed is None:
                 text.extend(block)
             else:
-                if parsed.kid in seen:
-                    duplicates.append(parsed.kid)
+                if text:
+                    scan.segments.append(b"".join(text))
+                    text = []
+                if parsed.kid in scan.seen:
+                    scan.duplicates.append(parsed.kid)
                     parsed = dataclasses.replace(parsed, duplicate=True)
-                seen.add(parsed.kid)
-                segments.append(parsed)
+                scan.seen.add(parsed.kid)
+                scan.segments.append(parsed)
             block = None
     if block is not None:
         raise KeyFileError(
-            f"{path}: ends inside a PEM block ({label}); the file is truncated. Restore it from a backup"
+            f"{path}: ends inside a PEM block ({_cut(label)}); the file is truncated. Restore it from a backup"
         )
     if text:
-        segments.append(b"".join(text))
-    kf = KeyFile(segments=tuple(segments), path=path, duplicates=tuple(duplicates))
-    if not kf.blocks:
-        raise KeyFileError(f"{path}: holds no PEM key; restore it from a backup")
+        scan.segments.append(b"".join(text))
+    kf = KeyFile(tuple(scan.segments), path, tuple(scan.duplicates), tuple(scan.ignored), scan.signer)
+    if not scan.signer:
+        if scan.encrypted:
+            raise KeyFileError(
+                f"{path}: holds only encrypted private keys; K3s needs unencrypted keys. Decrypt them "
+                "(openssl rsa -in ...) or restore the file from a backup"
+            )
+        if not kf.blocks:
+            raise KeyFileError(f"{path}: holds no PEM key; restore it from a backup")
     kf.signer  # noqa: B018 - raises when there is no private key
     return kf
 

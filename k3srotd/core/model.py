@@ -34,7 +34,10 @@ def ts(t: Optional[dt.datetime]) -> Optional[str]:
 def parse_ts(s: Optional[str]) -> Optional[dt.datetime]:
     if s is None:
         return None
-    return dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+    t = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+    if t.tzinfo is None:
+        raise ValueError(f"time {s[:40]!r} has no zone")  # k3srotd writes UTC; naive times break every comparison
+    return t
 
 
 @dataclasses.dataclass
@@ -59,6 +62,7 @@ class Intent:
     snapshot: dict[str, Any]  # the state's key records before the step, restored by a rollback
     server_pid: Optional[int] = None
     server_started: Optional[float] = None
+    backup_sha256: Optional[str] = None  # the backup's content, checked before it is uploaded (None: older state)
 
 
 @dataclasses.dataclass
@@ -71,6 +75,7 @@ class LastStep:
     target_kids: list[str]
     backup: str
     snapshot: dict[str, Any]
+    backup_sha256: Optional[str] = None
 
 
 @dataclasses.dataclass

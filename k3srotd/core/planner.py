@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 from typing import TYPE_CHECKING, Literal, Optional, Protocol, Sequence
 
+from k3srotd.core import prune
 from k3srotd.core.keys import KeyFile
 from k3srotd.core.model import KeyRecord, State
 
@@ -183,8 +184,8 @@ def candidates(cfg: Policy, state: State, live: KeyFile, now: dt.datetime, live_
         out.append(Plan("promote", due, _in_window(win, due, now), reason="publish-wait after publish"))
     ret = retired(state, live)
     if ret:
-        first = min(at for _, at in ret) + cfg.grace_period
-        drop = tuple(k for k, at in ret if at + cfg.grace_period <= max(now, first))
+        first = prune.first_due(ret, cfg.grace_period) or now  # the grace rule: core/prune.py
+        drop = tuple(prune.past_grace(ret, cfg.grace_period, max(now, first)))
         out.append(Plan("prune", first, _in_window(win, first, now), drop=drop, reason="grace-period after retire"))
     if ph != PUBLISHED:
         due = signer_since(state, live, live_mtime) + cfg.rotation_interval

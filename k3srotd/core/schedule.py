@@ -1,5 +1,10 @@
 """Pure scheduling decisions for the daemon: from the planner's next step, the clock, the maintenance window,
-this node's splay and any retry back-off, whether to act now, and when to look again.
+this node's splay, any retry back-off and the operator's opt-in (`automatic`), whether to act now, and when to
+look again.
+
+Without the opt-in a due step is held, never started: the daemon says what it would do and looks again after
+`recheck`. Finishing an interrupted step and following another server's step are not decided here (they are not
+new steps), so they go on without it.
 
 Due times always come from state + live file + clock (planner), never from a job store that could drift.
 A step missed while the daemon was down is due at once when it starts again (like systemd's Persistent=).
@@ -10,11 +15,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Optional, Protocol
 
 from k3srotd.core import planner
 
 if TYPE_CHECKING:
+    from k3srotd.core.keys import KeyFile
+    from k3srotd.core.model import State
     from k3srotd.core.window import MaintenanceWindow
 
 # look at the live file at least this often: an operator may change it, or run a step by hand, and STATUS and the
@@ -30,23 +37,41 @@ def splay(node: str, limit: dt.timedelta) -> dt.timedelta:
     return dt.timedelta(seconds=h % int(limit.total_seconds()))
 
 
+class Policy(Protocol):
+    """What the schedule reads of the config (k3srotd.config.Config has it all)."""
+
+    @property
+    def strategy(self) -> str: ...
+    @property
+    def publish_wait(self) -> dt.timedelta: ...
+    @property
+    def grace_period(self) -> dt.timedelta: ...
+    @property
+    def rotation_interval(self) -> dt.timedelta: ...
+    @property
+    def maintenance_window(self) -> Optional[MaintenanceWindow]: ...
+
+
 @dataclasses.dataclass(frozen=True)
 class Decision:
     plan: Optional[planner.Plan]  # the step to do now, or None
     wake: dt.datetime  # when to decide again
     next_plan: Optional[planner.Plan]  # what comes next (for status), due now or later
     start: Optional[dt.datetime]  # when next_plan may start: due + splay, inside the window, after back-off
+    held: bool = False  # next_plan may start now, but the operator has not opted in (`automatic: false`)
 
 
 def decide(
-    cfg: Any,
-    state: Any,
-    live: Any,
+    cfg: Policy,
+    state: State,
+    live: KeyFile,
     now: dt.datetime,
     live_mtime: dt.datetime,
     node_splay: dt.timedelta = dt.timedelta(0),
     retry_after: Optional[dt.datetime] = None,
     recheck: dt.timedelta = RECHECK,
+    *,
+    automatic: bool,
 ) -> Decision:
     plan = planner.next_plan(cfg, state, live, now, live_mtime)
     if plan is None:
@@ -55,8 +80,43 @@ def decide(
     win = cfg.maintenance_window
     start = max(plan.due + node_splay, earliest) if win is None else start_in_window(win, earliest, now, node_splay)
     if start <= now:
+        if not automatic:  # held: look again as when idle (the operator may opt in, or act by hand)
+            return Decision(None, now + recheck, plan, start, held=True)
         return Decision(plan, now, plan, start)
     return Decision(None, min(start, now + recheck), plan, start)
+
+
+def opt_in_hint(config_path: Optional[str]) -> str:
+    """How to opt in: a drop-in beside the config the daemon reads (a fleet's config management can write it)."""
+    main = config_path or "/etc/k3srotd/config.yaml"
+    return f"to opt in, write `automatic: true` to {main}.d/50-automatic.yaml and run `systemctl reload k3srotd`"
+
+
+def describe(
+    decision: Decision, phase: str, now: dt.datetime, automatic: bool, config_path: Optional[str] = None
+) -> str:
+    """The daemon's status line for a decision that does nothing now: what comes next and when, and, without the
+    opt-in, that an operator does it or opts in, and how."""
+    from k3srotd.core.durations import format_duration
+    from k3srotd.core.model import ts
+
+    head = f"phase {phase}"
+    nxt, start = decision.next_plan, decision.start
+    if nxt is None or start is None:
+        return f"{head}; nothing scheduled"
+    if decision.held:
+        return (
+            f"{head}; {nxt.action} is due (since {ts(nxt.due)}), but automatic steps are off: run "
+            f"`k3srotd {_command(nxt.action)}`, or {opt_in_hint(config_path)}"
+        )
+    when = f"{ts(start)} (in {format_duration(start - now)})"
+    if not automatic:
+        return f"{head}; automatic steps are off: {nxt.action} would start at {when}; {opt_in_hint(config_path)}"
+    return f"{head}; next {nxt.action} at {when}"
+
+
+def _command(action: str) -> str:
+    return "prune" if action == "prune" else "rotate-now"
 
 
 def start_in_window(

@@ -29,6 +29,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
+from k3srotd.core.text import show
 from k3srotd.errors import ConfigError
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -49,7 +50,7 @@ class MaintenanceWindow:
 
     def __post_init__(self) -> None:
         if not self.days or not all(isinstance(d, int) and 0 <= d <= 6 for d in self.days):
-            raise ValueError(f"days must be a non-empty set of 0..6, got {sorted(self.days)!r}")
+            raise ValueError(f"days must be a non-empty set of 0..6, got {show(sorted(self.days))}")
         if self.start.tzinfo is not None or self.end.tzinfo is not None:
             raise ValueError("start and end are wall-clock times without a time zone")
 
@@ -69,10 +70,10 @@ class MaintenanceWindow:
 
         if not isinstance(value, dict):
             example = '{days: [sat, sun], start: "02:00", end: "05:00"}'
-            raise fail(f"expected a mapping such as {example}, got {value!r}")
+            raise fail(f"expected a mapping such as {example}, got {show(value)}")
         unknown = sorted(str(k) for k in value if k not in _KEYS)
         if unknown:
-            raise fail(f"unknown key {unknown[0]!r} (the keys are days, start, end)")
+            raise fail(f"unknown key {show(unknown[0])} (the keys are days, start, end)")
         for k in ("start", "end"):
             if k not in value:
                 raise fail(f'{k} is missing (write it as "HH:MM")')
@@ -237,7 +238,7 @@ def _parse_days(value: Any) -> frozenset[int]:
     elif isinstance(value, list):
         items = value
     else:
-        raise ValueError(f"days: expected a list such as [sat, sun], got {value!r}")
+        raise ValueError(f"days: expected a list such as [sat, sun], got {show(value)}")
     if not items:
         raise ValueError("days: is empty; leave it out for every day")
     days = set()
@@ -249,7 +250,7 @@ def _parse_days(value: Any) -> frozenset[int]:
         elif name in _FULL_NAMES:
             days.add(_FULL_NAMES.index(name))
         else:
-            raise ValueError(f"days: {item!r} is not a day (use {', '.join(DAY_NAMES)})")
+            raise ValueError(f"days: {show(item)} is not a day (use {', '.join(DAY_NAMES)})")
     return frozenset(days)
 
 
@@ -263,7 +264,7 @@ def _parse_time(value: Any, name: str, allow_24: bool) -> dt.time:
             "(YAML reads an unquoted HH:MM as a number)"
         )
     if not isinstance(value, str):
-        raise ValueError(f'{name}: expected a time such as "02:00", got {value!r}')
+        raise ValueError(f'{name}: expected a time such as "02:00", got {show(value)}')
     text = value.strip()
     parts = text.split(":")
     if len(parts) != 2 or not all(p.isdigit() and 1 <= len(p) <= 2 for p in parts):

@@ -1,12 +1,16 @@
-"""`k3srotd run`: the daemon. APScheduler times two jobs; every decision is made afresh from state + clock.
+"""`k3srotd run`: the daemon's policy. A scheduler (daemon/scheduler.py) times two jobs; every decision is made
+afresh from state + clock.
 
-  tick      lock, finish an interrupted step, decide (schedule.decide), do the due step, write metrics and
+  tick      lock, finish an interrupted step, follow another server's step, decide (schedule.decide), do the due
+            step when the operator opted in (`automatic: true`) and nothing stands in its way, write metrics and
             systemd STATUS, and reschedule itself for the next decision time.
   watchdog  WATCHDOG=1 under WatchdogSec, while the tick loop is alive or a step is under way.
 
 Failure policy (applied here): a bad config at start is fatal (exit 2); a bad config on SIGHUP keeps the old one
 and says why; a failed step is retried after RETRY_AFTER; a failed rollback stops all further steps until a
 human has acted (`k3srotd rollback`); on a node that is not a K3s server the daemon idles and says why.
+Without `automatic: true` it starts no rotation or prune: it says what would happen, when, and how to opt in.
+While Microsoft's Key Manager extension is installed it starts none either (node/keymanager.py).
 SIGTERM never leaves K3s half-way: the step under way runs to its end or its rollback, then the daemon exits.
 """
 
@@ -17,35 +21,40 @@ import datetime as dt
 import os
 import signal
 import threading
-import time
-from typing import Any, Optional
+from types import FrameType
+from typing import TYPE_CHECKING, Optional
 
 from k3srotd import config as config_mod
 from k3srotd.cluster.book import Book, node_name
 from k3srotd.cluster.link import IDLE_POLL, Waiting
-from k3srotd.core import planner, schedule
+from k3srotd.core import keys, planner, schedule
 from k3srotd.core.clock import Clock
 from k3srotd.core.durations import format_duration
 from k3srotd.core.model import ts
+from k3srotd.core.ports import Log
 from k3srotd.engine import session as engine
 from k3srotd.engine.coordinator import Run
 from k3srotd.errors import ConfigError, K3srotdError, LockHeld, RollbackFailed, SafetyRefusal, StepFailed
 from k3srotd.output import logs
 from k3srotd.output.notify import Notifier, watchdog_interval
 
+if TYPE_CHECKING:
+    from k3srotd.daemon.scheduler import Scheduler
+
 RETRY_AFTER = dt.timedelta(hours=1)  # after a failed step
 LOCK_RETRY = dt.timedelta(minutes=1)  # another k3srotd (a manual command) holds the lock
-GATE_RETRY = dt.timedelta(minutes=5)  # a gate (public issuer, token metrics) said not yet
+GATE_RETRY = dt.timedelta(minutes=5)  # a gate (public issuer, token metrics, another rotator) said not yet
 IDLE_RETRY = dt.timedelta(minutes=10)  # not a K3s server (yet), or K3s not running
 CLUSTER_RETRY = dt.timedelta(seconds=30)  # the same, on a server of several
+MAX_STEPS_PER_TICK = 4  # a few steps may fall due one after another (e.g. publish-wait of 0s)
 
 
 class Daemon:
     def __init__(
         self,
         cfg: config_mod.Config,
-        log: Any,
-        clock: Optional[Clock] = None,
+        log: Log,
+        clock: Clock,
         notifier: Optional[Notifier] = None,
         config_path: Optional[str] = None,
         log_format: Optional[str] = None,
@@ -54,7 +63,7 @@ class Daemon:
         self.cfg = cfg
         self.options = dataclasses.replace(run or Run(), background=True)
         self.log = log
-        self.clock = clock or Clock()
+        self.clock = clock
         self.notifier = notifier or Notifier(None)
         self.config_path = config_path
         self.log_format = log_format
@@ -123,19 +132,12 @@ class Daemon:
             if not act:
                 self._status(f"phase {s.phase(live)}; starting")
                 return self.clock.now()
-            for _ in range(4):  # a few steps may fall due one after another (e.g. publish-wait of 0s)
-                d = schedule.decide(
-                    self.cfg,
-                    s.state,
-                    live,
-                    self.clock.now(),
-                    s.k3s.live_mtime(),
-                    schedule.splay(self.node, self.cfg.max_splay),
-                    self.retry_after,
-                    self.recheck if self.servers <= 1 else min(self.recheck, IDLE_POLL),
-                )
+            for _ in range(MAX_STEPS_PER_TICK):
+                d = self._decide(s, live)
                 if d.plan is None or self.stopping:
-                    self._status(self._describe(s, live, d))
+                    self._status(
+                        schedule.describe(d, s.phase(live), self.clock.now(), self.cfg.automatic, self.config_path)
+                    )
                     return d.wake
                 gate = self._gate(s, d.plan)
                 if gate is not None:
@@ -152,14 +154,46 @@ class Daemon:
                 data, live, _ = s.read_live()
             return self.clock.now()
 
+    def _decide(self, s: engine.Session, live: keys.KeyFile) -> schedule.Decision:
+        return schedule.decide(
+            self.cfg,
+            s.state,
+            live,
+            self.clock.now(),
+            s.k3s.live_mtime(),
+            schedule.splay(self.node, self.cfg.max_splay),
+            self.retry_after,
+            self.recheck if self.servers <= 1 else min(self.recheck, IDLE_POLL),
+            automatic=self.cfg.automatic,
+        )
+
     def _gate(self, s: engine.Session, plan: planner.Plan) -> Optional[str]:
+        """None when the due step may start; else what it waits for. Asked only before a step, so an idle daemon
+        makes no API request for it."""
+        other = self._other_rotator(s)
+        if other is not None:
+            return other
         if plan.action == "promote":
             return s.promote_gate()
         if plan.action == "prune":
             return s.prune_gate(plan.drop)
         return None
 
-    def _do(self, s: engine.Session, plan: planner.Plan, data: bytes, live: Any) -> Any:
+    def _other_rotator(self, s: engine.Session) -> Optional[str]:
+        """Microsoft's Key Manager extension rotates the same key: no step of ours while it is there, nor while
+        the API cannot say (fail closed). With verify-api false the API is not asked."""
+        from k3srotd.node import keymanager
+        from k3srotd.node.kubeapi import APIError
+
+        if not self.cfg.verify_api:
+            return None
+        try:
+            found = keymanager.detect(s.k3s.api())
+            return None if found is None else f"no other rotator of this key: {found}"
+        except (APIError, K3srotdError) as e:
+            return f"the API, to tell whether another rotator is installed ({e})"
+
+    def _do(self, s: engine.Session, plan: planner.Plan, data: bytes, live: keys.KeyFile) -> keys.KeyFile:
         self.log.info("daemon.step", msg=f"{plan.action} is due ({plan.reason})", action=plan.action)
         if plan.action == "publish":
             return s.publish(data, live)
@@ -168,13 +202,6 @@ class Daemon:
         if plan.action == "rotate":
             return s.rotate_direct(data, live)
         return s.prune(data, live, plan.drop)
-
-    def _describe(self, s: engine.Session, live: Any, d: schedule.Decision) -> str:
-        now = self.clock.now()
-        head = f"phase {s.phase(live)}"
-        if d.next_plan is None or d.start is None:
-            return f"{head}; nothing scheduled"
-        return f"{head}; next {d.next_plan.action} at {ts(d.start)} (in {format_duration(d.start - now)})"
 
     def _status(self, text: str) -> None:
         if text != self.status_line:
@@ -211,120 +238,77 @@ class Daemon:
         legitimately take restart-timeout)."""
         return self.busy or (self.clock.monotonic() - self.heartbeat) < max(3 * interval, 3600)
 
+    def _watchdog(self, interval: float) -> None:
+        if self.watchdog_ok(interval):
+            self.notifier.watchdog()
+
     # --- the loop
-    def _route_scheduler_logs(self) -> None:
-        """APScheduler logs through the standard library: its warnings become records of ours, with an event."""
-        import logging
-
-        daemon = self
-
-        class ToOurs(logging.Handler):
-            def emit(self, record: logging.LogRecord) -> None:
-                level = "error" if record.levelno >= logging.ERROR else "warning"
-                getattr(daemon.log, level)("scheduler", msg=f"scheduler: {record.getMessage()}")
-
-        logger = logging.getLogger("apscheduler")
-        logger.handlers = [ToOurs(logging.WARNING)]
-        logger.propagate = False
-
     def run(self) -> int:
-        from apscheduler.jobstores.base import JobLookupError
-        from apscheduler.schedulers import SchedulerNotRunningError
-        from apscheduler.schedulers.blocking import BlockingScheduler
-        from apscheduler.triggers.date import DateTrigger
+        from k3srotd.daemon.scheduler import Scheduler
 
-        self._route_scheduler_logs()
-        # "UTC" as a name: APScheduler 3.8 (Ubuntu 22.04) takes only pytz zones or names, 3.9+ takes names too
-        sched = BlockingScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
-        stop = threading.Event()
-
-        ticking = threading.Lock()
-        again = threading.Event()
-
-        def tick_job() -> None:
-            # one tick at a time: a reload during a step must not tick beside it (it would find our own lock held)
-            if not ticking.acquire(blocking=False):
-                again.set()  # the tick under way looks again as soon as it ends
-                return
-            try:
-                wake = self.tick()
-                if again.is_set():
-                    again.clear()
-                    wake = self.clock.now()
-            finally:
-                ticking.release()
-            if not stop.is_set():
-                sched.add_job(
-                    tick_job,
-                    DateTrigger(run_date=max(wake, self.clock.now())),
-                    id="tick",
-                    replace_existing=True,
-                    misfire_grace_time=None,
-                )
-
-        def reload_job() -> None:
-            if self.reload():
-                tick_job()
-
-        def on_hup(signum: int, frame: Any) -> None:
-            sched.add_job(reload_job, id="reload", replace_existing=True)
-
-        stopper: list[threading.Thread] = []
-
-        def on_term(signum: int, frame: Any) -> None:
-            if stop.is_set():
-                return
-            stop.set()
-            self.stopping = True
-            self.notifier.stopping("stopping: the step under way runs to its end first" if self.busy else None)
-            self.log.info("daemon.stop", msg="stopping" + (" after the step under way" if self.busy else ""))
-            stopper.append(threading.Thread(target=shutdown, daemon=True))
-            stopper[0].start()
-
-        def shutdown() -> None:
-            # A SIGTERM can land before sched.start(): wait until it runs (run() does not start it once stop is
-            # set). wait=False: APScheduler 3 waits for running jobs while it holds its job store lock, which a
-            # tick finishing then needs to schedule the next one; run() waits for the tick under way instead.
-            while True:
-                try:
-                    sched.shutdown(wait=False)
-                    return
-                except SchedulerNotRunningError:
-                    time.sleep(0.05)
-
-        signal.signal(signal.SIGHUP, on_hup)
-        signal.signal(signal.SIGTERM, on_term)
-        signal.signal(signal.SIGINT, on_term)
-
+        sched = Scheduler(lambda: self.log)
+        loop = _Loop(self, sched)
+        signal.signal(signal.SIGHUP, loop.on_hup)
+        signal.signal(signal.SIGTERM, loop.on_term)
+        signal.signal(signal.SIGINT, loop.on_term)
         interval = watchdog_interval()
         if interval:
-            sched.add_job(
-                lambda: self.watchdog_ok(interval) and self.notifier.watchdog(),
-                "interval",
-                seconds=interval,
-                id="watchdog",
-            )
+            sched.every(interval, lambda: self._watchdog(interval), "watchdog")
         self.log.info(
             "daemon.start", msg=f"k3srotd daemon starting on node {self.node}", node=self.node, pid=os.getpid()
         )
+        if not self.cfg.automatic:
+            self.log.info("daemon.manual", msg=f"automatic steps are off; {schedule.opt_in_hint(self.config_path)}")
         # READY once config is loaded and an interrupted step is finished or undone
         wake = self.tick(act=False)
         self.notifier.ready(self.status_line)
-        sched.add_job(tick_job, DateTrigger(run_date=max(wake, self.clock.now())), id="tick", misfire_grace_time=None)
-        if not stop.is_set():
-            try:
-                sched.start()
-            except JobLookupError:
-                # APScheduler 3: shutdown() from another thread marks the scheduler stopped first, and a main loop
-                # removing the job it just ran then finds no job. The stop is what was asked.
-                if not stop.is_set():
-                    raise
-            for t in stopper:
-                t.join()
-            with ticking:  # the step under way runs to its end (or its rollback)
-                pass
+        sched.at(max(wake, self.clock.now()), loop.tick_job, "tick")
+        sched.start()
+        with loop.ticking:  # the step under way runs to its end (or its rollback)
+            pass
         self.log.info("daemon.stopped", msg="stopped")
         return 0
+
+
+class _Loop:
+    """The jobs and signal handlers around Daemon.tick: one tick at a time, the next one at the wake it returned."""
+
+    def __init__(self, daemon: Daemon, sched: Scheduler) -> None:
+        self.daemon = daemon
+        self.sched = sched
+        self.ticking = threading.Lock()
+        self.again = threading.Event()
+
+    def tick_job(self) -> None:
+        # one tick at a time: a reload during a step must not tick beside it (it would find our own lock held)
+        if not self.ticking.acquire(blocking=False):
+            self.again.set()  # the tick under way looks again as soon as it ends
+            return
+        try:
+            wake = self.daemon.tick()
+            if self.again.is_set():
+                self.again.clear()
+                wake = self.daemon.clock.now()
+        finally:
+            self.ticking.release()
+        if not self.sched.stopped.is_set():
+            self.sched.at(max(wake, self.daemon.clock.now()), self.tick_job, "tick")
+
+    def reload_job(self) -> None:
+        if self.daemon.reload():
+            self.tick_job()
+
+    def on_hup(self, signum: int, frame: Optional[FrameType]) -> None:
+        self.sched.at(self.daemon.clock.now(), self.reload_job, "reload")
+
+    def on_term(self, signum: int, frame: Optional[FrameType]) -> None:
+        d = self.daemon
+        if self.sched.stopped.is_set():
+            return
+        d.stopping = True
+        d.notifier.stopping("stopping: the step under way runs to its end first" if d.busy else None)
+        d.log.info("daemon.stop", msg="stopping" + (" after the step under way" if d.busy else ""))
+        self.sched.stop()
 
 
 def main(config_path: Optional[str], log_format: Optional[str], run: Optional[Run] = None) -> int:

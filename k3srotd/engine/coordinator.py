@@ -24,7 +24,6 @@ class Run:
     ignore_window: bool = False  # the step was started with --ignore-window: the others restart at once too
     crash_at: Optional[str] = None  # the crash tests' kill point (engine.restart.Checkpoints); None in production
     lease_seconds: Optional[float] = None  # the tests' short leases; None: from restart-timeout
-    gate_poll: Optional[float] = None  # the tests' faster look at the promote gate; None: every 10 s
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,6 @@ puts the datastore back to the live set (no restart needed) and forgets the step
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Literal, Optional, Sequence
 
 from k3srotd.config import Config
@@ -29,7 +28,7 @@ from k3srotd.core.verify import VerifyFailed, Want
 from k3srotd.engine.coordinator import Announcement, Coordinator
 from k3srotd.engine.restart import Progress, Restarter, failure_text, want_of
 from k3srotd.errors import LockHeld, RollbackFailed, SafetyRefusal, StepFailed
-from k3srotd.node.files import Backups, Staging
+from k3srotd.node.files import Backups, Staging, sha256
 from k3srotd.node.k3s import K3s, ServerProcess
 from k3srotd.node.store import Store
 
@@ -87,7 +86,7 @@ class Executor:
         self._log_start(step, live, target)
         backup = self.backups.save(live_bytes, step, self.clock.now())
         self.checkpoint(step, "backup")
-        self._record_intent(step, live, target, str(backup), want.sha, proc)
+        self._record_intent(step, live, target, str(backup), want.sha, proc, sha256(live_bytes))
         self.checkpoint(step, "intent")
         self._stage(staged)
         self.checkpoint(step, "staged")
@@ -128,7 +127,14 @@ class Executor:
         )
 
     def _record_intent(
-        self, step: StepName, live: keys.KeyFile, target: keys.KeyFile, backup: str, sha: str, proc: ServerProcess
+        self,
+        step: StepName,
+        live: keys.KeyFile,
+        target: keys.KeyFile,
+        backup: str,
+        sha: str,
+        proc: ServerProcess,
+        backup_sha: str,
     ) -> None:
         self.state.intent = Intent(
             step=step,
@@ -141,6 +147,7 @@ class Executor:
             snapshot=self.state.snapshot(),
             server_pid=proc.pid,
             server_started=proc.started,
+            backup_sha256=backup_sha,
         )
         self.store.save(self.state)
 
@@ -191,18 +198,16 @@ class Executor:
         self.checkpoint(step, "reported")
 
     def _rotate_ca(self, step: str, content: Optional[bytes] = None) -> Result:
-        """`k3s certificate rotate-ca` on the staged file (first written with `content` when given), its whole
-        output kept in the log: K3s warns there about each file it skips."""
+        """`k3s certificate rotate-ca` on the staged file (first written with `content` when given). Its output
+        (K3s warns there about each file it skips) is logged on failure, else at debug level only."""
         if content is not None:
             self.staging.write(content)
         res = self.k3s.rotate_ca()
-        self.log.info(
-            "rotate-ca",
-            msg=f"rotate-ca exited {res.returncode}" + ("" if content is None else " (the live key set put back)"),
-            argv=list(res.argv),
-            output=res.tail(40),
-            step=step,
-        )
+        say = self.log.info if res.ok else self.log.warning
+        msg = f"rotate-ca exited {res.returncode}" + ("" if content is None else " (the live key set put back)")
+        say("rotate-ca", msg=msg, argv=list(res.argv), step=step, **({} if res.ok else {"output": res.tail(40)}))
+        if res.ok:
+            self.log.debug("rotate-ca.output", msg="rotate-ca output", output=res.tail(40), step=step)
         return res
 
     def commit(self, step: str, target: keys.KeyFile) -> keys.KeyFile:
@@ -223,12 +228,14 @@ class Executor:
             target_kids=target.kids,
             backup=intent.backup,
             snapshot=intent.snapshot,
+            backup_sha256=intent.backup_sha256,
         )
         self.state.intent = None
         self.state.last_success[step] = ts(now) or ""
         self.store.save(self.state)
         self.checkpoint(step, "committed")
         self.backups.trim(protect={intent.backup})
+        self.backups.drop_gone_keys(target.kids, protect={intent.backup})  # a pruned key leaves the backups too
         self.coordinator.finished(self.state, "committed")
         self._done(step, target)
         return target
@@ -298,6 +305,11 @@ class Executor:
         signer = on_disk.signer
         if signer.kid in before:
             return backup
+        from k3srotd.node.trust import unknown_signer
+
+        why = unknown_signer(signer.kid, self.state)
+        if why is not None:
+            raise SafetyRefusal(why)
         self.log.warning(
             "rollback.keep",
             msg=f"keeping {signer.kid}, the signer K3s has now, as a verify-only key",
@@ -334,7 +346,7 @@ class Executor:
     def _roll_back(self, intent: Intent) -> keys.KeyFile:
         """Upload the backup (with today's signer kept) and restart onto it, here and in turn on every server;
         the others catch up as they can (a rollback waits for no one)."""
-        backup = Path(intent.backup).read_bytes()
+        backup = self.backups.read(intent.backup, intent.backup_sha256)
         self.restarter.ensure_running()
         restore = self.restore_bytes(backup)
         target = keys.parse(restore, intent.backup)

@@ -59,16 +59,7 @@ def view(cfg: Config, clock: Clock, k3s: Optional[K3s] = None) -> View:
 
 
 def _load_readonly(store: Store, now: dt.datetime) -> State:
-    import json
-
-    try:
-        return State.from_json(json.loads(store.path.read_bytes()))
-    except FileNotFoundError:
-        return State()
-    except PermissionError:
-        raise ConfigError(f"{store.path}: cannot be read; run k3srotd as root") from None
-    except (ValueError, KeyError, TypeError):
-        return State()
+    return store.load_readonly()  # a newer state refused; a corrupt one read as empty, with a note
 
 
 class Session:
@@ -95,13 +86,16 @@ class Session:
         self.log = log
         self.k3s = k3s or K3s(cfg)
         self.store = Store(cfg.state_dir)
-        self.lock = Lock(cfg.lock_file)
+        self.lock = Lock(cfg.lock_file, cfg.k3s_data_dir)  # one k3srotd per K3s, whatever the state-dir
         self.events = events
         self.progress = progress
         self.state = State()
         self.executor: Executor
 
     def __enter__(self) -> Session:
+        from k3srotd.node import trust
+
+        trust.require(self.cfg)  # every path root trusts or writes: root's, writable by nobody else
         if not os.access(self.cfg.k3s_bin, os.X_OK):
             raise ConfigError(
                 f"{self.cfg.k3s_bin}: the k3s binary is missing or not executable; install K3s or set k3s-bin"
@@ -109,7 +103,10 @@ class Session:
         self.k3s.require_server_node()
         self.lock.acquire()
         try:
-            self.state = self.store.load(self.clock.now())
+            from k3srotd.node.files import Staging, resync_datastore
+
+            resync = resync_datastore(Staging(self.cfg.staging_dir), self.k3s)
+            self.state = self.store.load(self.clock.now(), resync)
             for note in self.store.notes:
                 self.log.warning("state.rebuilt", msg=note)
             self.executor = self._executor()
@@ -132,7 +129,7 @@ class Session:
         from k3srotd.engine.restart import Checkpoints, Restarter
         from k3srotd.identity import gates
 
-        checks = gates.step_checks(self.cfg, self.k3s, self.log)
+        checks = gates.step_checks(self.cfg, self.k3s, self.log, self.clock.now)
         restarter = Restarter(
             self.cfg, self.k3s, self.clock, self.log, checks, self.progress, Checkpoints(self.run.crash_at)
         )
@@ -217,22 +214,11 @@ class Session:
         return gates.prune_gate(self.cfg, self.k3s, self.log, drop, self.clock.now(), self.coordinator.token_check)
 
     def warn_token_lifetime(self, step: str) -> None:
-        k = self.cfg.k3s
-        if k.tokens_may_outlive_grace:
-            why = (
-                "service-account-extend-token-expiration is not false"
-                if k.extend_token_expiration is not False
-                else "no service-account-max-token-expiration is set"
-            )
-            self.log.warning(
-                "tokens.may-outlive-grace",
-                msg=(
-                    f"{step}: tokens may outlive the grace-period ({why} in K3s's kube-apiserver-arg); set "
-                    "service-account-extend-token-expiration=false and service-account-max-token-expiration "
-                    "no longer than grace-period to make the prune safe on time"
-                ),
-                step=step,
-            )
+        from k3srotd.identity import gates
+
+        text = gates.token_lifetime_warning(self.cfg, step)  # only when true of K3s's token settings
+        if text is not None:
+            self.log.warning("tokens.may-outlive-grace", msg=text, step=step)
 
 
 def in_window(cfg: Config, now: dt.datetime) -> bool:

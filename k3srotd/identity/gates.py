@@ -3,28 +3,34 @@
 - step_checks(): objects with before_restart(step, target) and after_restart(step, target); the latter raises
   steps.VerifyFailed to fail the step (which is then rolled back). The token probe (probe.py) and the token
   counter readings (tokenmetrics.py) taken just before and after each restart.
-- promote_gate(): None when the new key may start signing, else a one-line description of what is awaited: the
-  public OIDC issuer (issuer.py) must list the new kid, and a verifier's cached copy of its JWKS without that kid
-  must have expired (the JWKS's Cache-Control max-age, counted from when the kid appeared).
-- prune_gate(): None when the retired keys may go, else why not (a prune --force overrides it): the apiserver's
-  stale or legacy token counters grew during the last grace-period.
+- promote_gate(): None when the new key may start signing, else a one-line description of what is awaited. The
+  verdict is promote.py's (which issuer, the JWKS hold); this module reads the cluster and the issuer for it.
+- prune_gate(): None when the retired keys may go, else why not (a prune --force overrides it). The verdict is
+  core/prune.py's; this module gathers its evidence: the service-account-token Secrets (evidence.py), the stale
+  token counter (tokenmetrics.py) and, on a cluster, the other servers' answers.
 
 What a gate waits for, and since when, is kept in <state-dir>/gates.json for `status`; journald hears it once when
-the wait starts or its cause changes, and when it ends. status_rows() and doctor_checks() show the same.
+the wait starts or its cause changes, and when it ends. report.py shows the same in status and doctor.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence
 
 from k3srotd.config import Config
+from k3srotd.core import prune as core_prune
 from k3srotd.core.durations import format_duration
 from k3srotd.core.keys import KeyFile
 from k3srotd.core.model import parse_ts, ts
+from k3srotd.core.ports import Log
 from k3srotd.errors import ConfigError, K3srotdError
+from k3srotd.identity import promote
+from k3srotd.node.k3s import K3s
+from k3srotd.node.kubeapi import APIError
 from k3srotd.node.store import ensure_private_dir, write_atomic
 
 BOOK = "gates.json"
@@ -37,45 +43,38 @@ class StepCheck(Protocol):
 
 
 # --- which issuer
-IN_CLUSTER_HOSTS = ("kubernetes", "kubernetes.default", "kubernetes.default.svc")
+def cluster_issuer(cfg: Config, k3s: K3s) -> promote.ClusterIssuer:
+    """The cluster's own issuer, from its discovery document through the API (any way K3s was configured)."""
+    if not cfg.verify_api:  # no API calls at all: K3s's config file is all there is
+        return promote.ClusterIssuer(cfg.k3s.issuer, None, f"K3s's config ({cfg.k3s_config}; verify-api is false)")
+    try:
+        status, doc = k3s.api().call("GET", promote.DISCOVERY_PATH)
+    except (APIError, K3srotdError) as e:
+        return promote.ClusterIssuer(None, str(e))
+    if status == 404:  # kube-apiserver installs it only for an https issuer
+        return promote.ClusterIssuer(None, None)
+    url = doc.get("issuer") if isinstance(doc, dict) else None
+    if status != 200 or not isinstance(url, str):
+        return promote.ClusterIssuer(None, f"{cfg.k3s_server_url}{promote.DISCOVERY_PATH}: HTTP {status}")
+    return promote.ClusterIssuer(url)
 
 
-def is_in_cluster_default(url: str) -> bool:
-    """https://kubernetes.default.svc and the like: an issuer no verifier outside the cluster can reach."""
-    import urllib.parse
-
-    host = (urllib.parse.urlsplit(url).hostname or "").lower()
-    return host in IN_CLUSTER_HOSTS or host.startswith("kubernetes.default.svc.")
-
-
-def issuer_url(cfg: Config) -> Optional[str]:
-    """The public issuer to check before promote, or None when it is not checked. ConfigError when verify-issuer
-    is true and no usable URL is known."""
-    url = cfg.oidc_issuer_url or cfg.k3s.issuer or ""
+def issuer_choice(cfg: Config, k3s: K3s) -> promote.Choice:
     if cfg.verify_issuer == "false":
-        return None
-    if cfg.verify_issuer == "true":
+        return promote.choose("false", "", promote.ClusterIssuer())
+    cluster = promote.ClusterIssuer() if cfg.oidc_issuer_url else cluster_issuer(cfg, k3s)
+    return promote.choose(cfg.verify_issuer, cfg.oidc_issuer_url, cluster)
+
+
+def require_usable_issuer(cfg: Config, k3s: K3s) -> None:
+    """verify-issuer true and the issuer known to be unusable: a config error before anything changes. (An issuer
+    that cannot be read now is not: promote waits for it.)"""
+    if cfg.verify_issuer != "true":
+        return
+    ch = issuer_choice(cfg, k3s)
+    if ch.wait and "cannot be read" not in ch.wait:
         src = cfg.sources[-1] if cfg.sources else "config"
-        if not url:
-            raise ConfigError(
-                f"{src}: key 'verify-issuer' is true, but no issuer URL is known; set oidc-issuer-url, or "
-                f"service-account-issuer in kube-apiserver-arg of {cfg.k3s_config}"
-            )
-        if not url.startswith("https://"):
-            raise ConfigError(f"{src}: key 'verify-issuer' is true, but the issuer {url!r} is not an https URL")
-        return url
-    if not url.startswith("https://") or is_in_cluster_default(url):
-        return None
-    return url
-
-
-def _why_unchecked(cfg: Config) -> str:
-    url = cfg.oidc_issuer_url or cfg.k3s.issuer
-    if cfg.verify_issuer == "false":
-        return "verify-issuer is false"
-    if not url:
-        return "no issuer URL is known (oidc-issuer-url, K3s's service-account-issuer)"
-    return f"{url} is an in-cluster issuer, not a public one"
+        raise ConfigError(f"{src}: key 'verify-issuer': {ch.wait}")
 
 
 # --- <state-dir>/gates.json
@@ -106,45 +105,39 @@ class Book:
 
 
 # --- promote
-def _issuer_verdict(
-    url: str, kid: str, entry: dict[str, Any], now: dt.datetime
-) -> tuple[Optional[str], str, dict[str, Any]]:
-    """(what is awaited or None, its kind, what to remember)."""
-    from k3srotd.identity import issuer  # imported where used: `status` needs neither
+def _listing(url: str, now: dt.datetime) -> tuple[Optional[promote.Listing], Optional[str]]:
+    from k3srotd.identity import issuer  # imported where used: `status` needs no HTTPS client
 
     try:
         pub = issuer.public_keys(url, now)
     except issuer.IssuerError as e:
-        return f"the public issuer {url} cannot be checked: {e} (last tried {ts(now)})", "unreachable", {}
+        return None, str(e)
     jw = pub.jwks
-    fetched = f"last fetched {ts(jw.fetched_at)}"
-    if jw.cached:
-        fetched += f", kept until {ts(jw.fresh_until)} as its Cache-Control allows"
-    if kid not in pub.kids:
-        return f"the public issuer {url} does not list kid {kid} yet ({fetched})", "unlisted", {}
-    listed = parse_ts(entry.get("listed_since")) or min(jw.last_modified or now, now)
-    hold_until = listed + dt.timedelta(seconds=jw.max_age)
-    if now < hold_until:
-        reason = (
-            f"the public issuer {url} lists kid {kid} since {ts(listed)}, but verifiers may keep its JWKS without it "
-            f"until {ts(hold_until)} (Cache-Control max-age={jw.max_age:g}s)"
-        )
-        return reason, "cached", {"listed_since": listed.isoformat()}  # full precision: the hold is counted from it
-    return None, "", {}
+    kept = jw.fresh_until if jw.cached else None
+    return promote.Listing(pub.kids, jw.fetched_at, jw.max_age, jw.last_modified, kept), None
 
 
-def promote_gate(cfg: Config, k3s: Any, log: Any, new_kid: str, now: dt.datetime) -> Optional[str]:
-    url = issuer_url(cfg)
+def _promote_verdict(
+    cfg: Config, k3s: K3s, kid: str, entry: dict[str, Any], now: dt.datetime
+) -> tuple[str, Optional[promote.Verdict]]:
+    """(the issuer named in logs, the verdict), or ("", None) when no issuer is checked."""
+    ch = issuer_choice(cfg, k3s)
+    if ch.url is None and not ch.wait:
+        return "", None
+    if ch.url is None:
+        return "(unknown)", promote.Verdict(f"{ch.wait} (last tried {ts(now)})", "unknown-issuer")
+    listing, error = _listing(ch.url, now)
+    return ch.url, promote.jwks_verdict(ch.url, kid, listing, error, parse_ts(entry.get("listed_since")), now)
+
+
+def promote_gate(cfg: Config, k3s: K3s, log: Log, new_kid: str, now: dt.datetime) -> Optional[str]:
     book = Book(cfg.state_dir)
     entry = book.load().get("promote") or {}
     if entry.get("kid") != new_kid:
         entry = {}
-    if url is None:
-        book.put("promote", None)
-        return None
-    detail, kind, keep = _issuer_verdict(url, new_kid, entry, now)
-    if detail is None:
-        if entry:
+    url, v = _promote_verdict(cfg, k3s, new_kid, entry, now)
+    if v is None or v.detail is None:
+        if entry and v is not None:
             log.info(
                 "promote.gate-open",
                 msg=f"the public issuer {url} lists {new_kid}; promote may go (awaited since {entry.get('since')})",
@@ -153,6 +146,7 @@ def promote_gate(cfg: Config, k3s: Any, log: Any, new_kid: str, now: dt.datetime
             )
         book.put("promote", None)
         return None
+    detail, kind = v.detail, v.kind
     since = entry.get("since") or ts(now)
     if entry.get("kind") != kind:
         log.warning(
@@ -177,27 +171,22 @@ def promote_gate(cfg: Config, k3s: Any, log: Any, new_kid: str, now: dt.datetime
             issuer=url,
             since=since,
         )
-    new = {
-        "kid": new_kid,
-        "issuer": url,
-        "since": since,
-        "checked_at": ts(now),
-        "kind": kind,
-        "detail": detail,
-        "warned": warned,
-    }
-    book.put("promote", {**new, **keep})
+    new = {"kid": new_kid, "issuer": url, "since": since, "checked_at": ts(now), "kind": kind, "detail": detail}
+    if v.listed_since is not None:
+        new["listed_since"] = v.listed_since.isoformat()  # full precision: the hold is counted from it
+    book.put("promote", {**new, "warned": warned})
     return f"{detail}; awaited since {since}"
 
 
 # --- prune
-def token_counters_verdict(cfg: Config, k3s: Any, now: dt.datetime) -> Optional[str]:
-    """This kube-apiserver's answer: None when no watched token counter grew during the last grace-period, else
-    what grew (or why it cannot tell). The reading is kept for the next answer."""
-    return _counters_verdict(cfg, k3s, (), now, save=True)
+def bound(cfg: Config) -> core_prune.Bound:
+    k = cfg.k3s
+    return core_prune.bound_tokens(k.extend_token_expiration, k.max_token_expiration, cfg.grace_period)
 
 
-def _counters_verdict(cfg: Config, k3s: Any, drop: Sequence[str], now: dt.datetime, save: bool) -> Optional[str]:
+def counters_verdict(cfg: Config, k3s: K3s, drop: Sequence[str], now: dt.datetime, save: bool) -> Optional[str]:
+    """The stale-token counter's growth during the last grace-period on this kube-apiserver, or why it cannot
+    tell; None: no growth. The reading is kept (save) so the next answer can tell more."""
     from k3srotd.identity import tokenmetrics  # imported where used: `status` needs neither
 
     try:
@@ -211,61 +200,105 @@ def _counters_verdict(cfg: Config, k3s: Any, drop: Sequence[str], now: dt.dateti
     past = history.load()
     if save:
         history.add(reading, keep_after=now - cfg.grace_period)
-    return tokenmetrics.verdict(past, reading, cfg.grace_period, tokenmetrics.watched(cfg.k3s.extend_token_expiration))
+    return tokenmetrics.verdict(past, reading, cfg.grace_period, tokenmetrics.GATING)
 
 
-def safe_on_time_hint(cfg: Config) -> str:
-    return (
-        "set kube-apiserver-arg service-account-extend-token-expiration=false and service-account-max-token-"
-        f"expiration (at most grace-period, {format_duration(cfg.grace_period)}) in {cfg.k3s_config} to make the "
-        "prune safe on time"
-    )
+def token_counters_verdict(cfg: Config, k3s: K3s, now: dt.datetime) -> Optional[str]:
+    """This kube-apiserver's answer to another server's token check: None when the stale-token counter did not
+    grow during the last grace-period, else what grew. The asking server asks only where its settings need it
+    (core/prune.py), so the answer does not depend on this server's. The reading is kept."""
+    if not (cfg.prune_token_metrics and cfg.verify_api):
+        return None
+    return counters_verdict(cfg, k3s, (), now, save=True)
+
+
+def _keep_reading(cfg: Config, k3s: K3s, now: dt.datetime) -> None:
+    """The legacy counters no longer gate, but are still reported: keep a reading for status and doctor."""
+    from k3srotd.identity import tokenmetrics
+
+    with contextlib.suppress(tokenmetrics.MetricsError, K3srotdError, OSError):
+        record_token_metrics(cfg, k3s, now)
+
+
+def legacy_evidence(cfg: Config, k3s: K3s) -> core_prune.Evidence:
+    """The Secret scan, as core/prune.py's Evidence (no counters)."""
+    from k3srotd.identity import evidence
+
+    if not cfg.verify_api:
+        return core_prune.Evidence()
+    try:
+        return core_prune.Evidence(legacy=evidence.by_kid(evidence.scan(k3s.api())))
+    except (evidence.EvidenceError, K3srotdError) as e:
+        return core_prune.Evidence(legacy_error=str(e))
+
+
+def prune_evidence(
+    cfg: Config, k3s: K3s, drop: Sequence[str], now: dt.datetime, others: Optional[Callable[[], Optional[str]]]
+) -> core_prune.Evidence:
+    ev = legacy_evidence(cfg, k3s)
+    counters = other = None
+    if cfg.prune_token_metrics and cfg.verify_api:
+        if bound(cfg) == "counter":
+            counters = counters_verdict(cfg, k3s, drop, now, save=True)
+            if counters is None and others is not None:
+                other = others()
+        else:
+            _keep_reading(cfg, k3s, now)
+    return core_prune.Evidence(ev.legacy, ev.legacy_error, counters, other)
 
 
 def prune_gate(
     cfg: Config,
-    k3s: Any,
-    log: Any,
+    k3s: K3s,
+    log: Log,
     drop: Sequence[str],
     now: dt.datetime,
     others: Optional[Callable[[], Optional[str]]] = None,
 ) -> Optional[str]:
     """None when the keys may go; else why not. `others` (multi-server): the other kube-apiservers' answers."""
     book = Book(cfg.state_dir)
-    if not (cfg.prune_token_metrics and cfg.verify_api):
-        book.put("prune", None)
-        return None
-    detail = _counters_verdict(cfg, k3s, drop, now, save=True)
-    if detail is None and others is not None:
-        detail = others()
+    v = core_prune.verdict(drop, bound(cfg), cfg.grace_period, prune_evidence(cfg, k3s, drop, now, others))
     entry = book.load().get("prune") or {}
-    if detail is None:
+    if v.go:
         if entry:
-            log.info(
-                "prune.gate-open", msg=f"token counters no longer grow; prune may go (delayed since {entry['since']})"
-            )
+            log.info("prune.gate-open", msg=f"prune of {', '.join(drop)} may go (delayed since {entry['since']})")
         book.put("prune", None)
         return None
     since = entry.get("since") or ts(now)
-    if not entry:
-        log.warning("prune.delayed", msg=f"prune of {', '.join(drop)} delayed: {detail}", kids=list(drop), since=since)
-    book.put("prune", {"since": since, "checked_at": ts(now), "kids": list(drop), "detail": detail})
-    return detail
+    if entry.get("detail") != v.reason:
+        fields: dict[str, Any] = {"kids": list(drop), "since": since}
+        if v.secrets:
+            fields.update(secrets=list(v.secrets), reissue=core_prune.REISSUE)
+        log.warning("prune.delayed", msg=f"prune of {', '.join(drop)} delayed: {v.reason}", **fields)
+    keep = {"since": since, "checked_at": ts(now), "kids": list(drop), "detail": v.reason, "secrets": list(v.secrets)}
+    book.put("prune", keep)
+    return v.reason
+
+
+def token_lifetime_warning(cfg: Config, step: str) -> Optional[str]:
+    """What a step that drops keys must say about bound tokens (only when it is true): with no max expiration,
+    nothing bounds them and no counter says which key signed them."""
+    if step != "prune" or bound(cfg) != "unbounded":
+        return None
+    hint = core_prune.bound_hint("unbounded", cfg.grace_period)
+    return (
+        "prune: bound tokens signed by the pruned keys may still be in use: K3s sets no "
+        f"service-account-max-token-expiration, so nothing bounds their lifetime; {hint}"
+    )
 
 
 # --- around restarts
 class MetricsReader:
     """Reads the token counters just before a restart (which sets them to 0) and just after it."""
 
-    def __init__(self, cfg: Config, k3s: Any, log: Any) -> None:
-        self.cfg, self.k3s, self.log = cfg, k3s, log
+    def __init__(self, cfg: Config, k3s: K3s, log: Log, now: Callable[[], dt.datetime]) -> None:
+        self.cfg, self.k3s, self.log, self.now = cfg, k3s, log, now
 
     def _read(self, step: str) -> None:
-        from k3srotd.core.clock import Clock
         from k3srotd.identity import tokenmetrics  # imported where used: `status` needs neither
 
         try:
-            record_token_metrics(self.cfg, self.k3s, Clock().now())
+            record_token_metrics(self.cfg, self.k3s, self.now())
         except (tokenmetrics.MetricsError, K3srotdError, OSError) as e:
             self.log.debug("token-metrics", msg=f"{step}: token counters not read: {e}", step=step)
 
@@ -276,7 +309,7 @@ class MetricsReader:
         self._read(step)
 
 
-def record_token_metrics(cfg: Config, k3s: Any, now: dt.datetime) -> None:
+def record_token_metrics(cfg: Config, k3s: K3s, now: dt.datetime) -> None:
     """Keep one reading of the token counters (the daemon may call this now and then for finer history)."""
     from k3srotd.identity import tokenmetrics  # imported where used: `status` needs neither
 
@@ -284,120 +317,17 @@ def record_token_metrics(cfg: Config, k3s: Any, now: dt.datetime) -> None:
     tokenmetrics.History(cfg.state_dir).add(reading, keep_after=now - cfg.grace_period)
 
 
-def step_checks(cfg: Config, k3s: Any, log: Any) -> list[StepCheck]:
+def step_checks(cfg: Config, k3s: K3s, log: Log, now: Optional[Callable[[], dt.datetime]] = None) -> list[StepCheck]:
+    """`now`: the engine's clock (default: the wall clock, through core.clock)."""
+    if now is None:
+        from k3srotd.core.clock import Clock
+
+        now = Clock().now
     checks: list[StepCheck] = []
     if cfg.verify_api and cfg.verify_tokens:
         from k3srotd.identity.probe import TokenProbe
 
         checks.append(TokenProbe(cfg, k3s, log))
     if cfg.verify_api and cfg.prune_token_metrics:
-        checks.append(MetricsReader(cfg, k3s, log))
+        checks.append(MetricsReader(cfg, k3s, log, now))
     return checks
-
-
-# --- status and doctor
-def status_rows(cfg: Config, pending: Optional[str], retired: Sequence[str]) -> list[tuple[str, str]]:
-    """Rows for the human status table: what promote or prune awaits and since when, and the token settings."""
-    rows: list[tuple[str, str]] = []
-    book = Book(cfg.state_dir).load()
-    try:
-        url = issuer_url(cfg)
-        rows.append(("issuer", url if url else f"not checked before promote: {_why_unchecked(cfg)}"))
-    except ConfigError as e:
-        rows.append(("issuer", str(e)))
-    p = book.get("promote")
-    if isinstance(p, dict) and pending and p.get("kid") == pending:
-        rows.append(("awaiting", f"promote of {pending} waits since {p.get('since')}: {p.get('detail')}"))
-        rows.append(("", f"(last checked {p.get('checked_at')})"))
-    q = book.get("prune")
-    if isinstance(q, dict) and set(q.get("kids") or ()) & set(retired):  # a delay of keys still published
-        rows.append(("prune delayed", f"since {q.get('since')}: {q.get('detail')}"))
-        rows.append(
-            ("", f"(last checked {q.get('checked_at')}; retried at the next due time; `prune --force` overrides)")
-        )
-    if cfg.k3s.tokens_may_outlive_grace:
-        rows.append(("token lifetime", f"tokens may outlive grace-period: {safe_on_time_hint(cfg)}"))
-    return rows
-
-
-Check = tuple[str, str]
-
-
-def doctor_checks(cfg: Config, k3s: Any) -> list[Callable[[], Check]]:
-    from k3srotd.core.clock import Clock
-
-    seen: dict[str, Any] = {}
-
-    def public_issuer() -> Check:
-        from k3srotd.identity import issuer  # imported where used: `status` needs neither
-
-        try:
-            url = issuer_url(cfg)
-        except ConfigError as e:
-            return "FAIL", f"public issuer: {e}"
-        if url is None:
-            return "PASS", f"public issuer: not checked before promote: {_why_unchecked(cfg)}"
-        try:
-            pub = issuer.public_keys(url, Clock().now())
-        except issuer.IssuerError as e:
-            return "FAIL", f"public issuer: {e}; promote would wait for it"
-        seen["pub"] = pub
-        age = f", Cache-Control max-age={pub.jwks.max_age:g}s" if pub.jwks.max_age else ""
-        return "PASS", f"public issuer: {url} reachable, its JWKS lists {len(pub.kids)} key(s){age}"
-
-    def consistent() -> Check:
-        from k3srotd.node.kubeapi import APIError
-
-        pub = seen.get("pub")
-        if pub is None:
-            return "PASS", "public issuer consistency: not checked (no public issuer read)"
-        if not cfg.verify_api:
-            return "WARN", "public issuer consistency: verify-api is false; the cluster's own documents are not read"
-        api = k3s.api()
-        try:
-            own = api.get_json("/.well-known/openid-configuration")
-            kids = list(dict.fromkeys(api.jwks_kids()))
-        except (APIError, K3srotdError) as e:
-            return "FAIL", f"public issuer consistency: the cluster's discovery document cannot be read: {e}"
-        own_issuer = own.get("issuer") if isinstance(own, dict) else None
-        if own_issuer != pub.issuer:
-            return "FAIL", (
-                f"public issuer consistency: the cluster names the issuer {own_issuer!r}, the public document "
-                f"{pub.issuer!r}; its tokens carry the cluster's"
-            )
-        signer = k3s.current_kid()
-        missing = [k for k in kids if k not in pub.kids]
-        extra = [k for k in pub.kids if k not in kids]
-        if signer and signer not in pub.kids:
-            return (
-                "FAIL",
-                f"public issuer consistency: the public JWKS lacks the signer {signer}; its tokens fail there",
-            )
-        if missing or extra:
-            return "WARN", (
-                "public issuer consistency: the public JWKS "
-                + "; ".join(
-                    x
-                    for x in (
-                        f"lacks {', '.join(missing)} (promote waits for a published key)" if missing else "",
-                        f"still lists {', '.join(extra)}, which the cluster no longer has" if extra else "",
-                    )
-                    if x
-                )
-            )
-        return "PASS", f"public issuer consistency: same issuer, the same {len(kids)} kid(s)"
-
-    def token_counters() -> Check:
-        if not (cfg.prune_token_metrics and cfg.verify_api):
-            return "PASS", "token counters: not read (prune-token-metrics or verify-api is false)"
-        now = Clock().now()
-        detail = _counters_verdict(cfg, k3s, ["retired keys"], now, save=False)
-        if detail is None:
-            return (
-                "PASS",
-                f"token counters: no stale or legacy token use during the last grace-period "
-                f"({format_duration(cfg.grace_period)})",
-            )
-        return "WARN", f"token counters: a prune now would be delayed: {detail}"
-
-    return [public_issuer, consistent, token_counters]

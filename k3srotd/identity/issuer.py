@@ -2,9 +2,11 @@
 
 Plain urllib, so the standard proxy variables apply (`https_proxy`, `no_proxy`, ...). TLS is verified against
 OpenSSL's default trust store, the system's CAs; the standard `SSL_CERT_FILE` / `SSL_CERT_DIR` variables point
-it elsewhere. Every request has a timeout, follows redirects to https URLs only, reads at most 1 MiB and must
-come with a JSON content type. Answers are cached in this process for as long as their Cache-Control max-age
-(less their Age) allows, as a caching verifier would keep them; `no-store`, `no-cache` or no max-age: not cached.
+it elsewhere. Every fetch has a total deadline (connect, redirects and every byte of the answer together: a
+server dripping one byte at a time cannot stretch it), follows redirects only to the same scheme and host, reads
+at most 1 MiB and must come with a JSON content type. Answers are cached in this process for as long as their
+Cache-Control max-age (less their Age) allows, as a caching verifier would keep them; `no-store`, `no-cache` or
+no max-age: not cached. The promote hold (promote.py) counts the full max-age, never less because of Age.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ import contextlib
 import dataclasses
 import datetime as dt
 import email.utils
+import functools
 import http.client
 import json
+import os
 import socket
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -24,11 +29,10 @@ import urllib.request
 from typing import Any, Callable, Optional
 
 from k3srotd import __version__
-from k3srotd.identity.gates import IN_CLUSTER_HOSTS, is_in_cluster_default  # noqa: F401 - the rule lives where status reads it
 
 TIMEOUT = 10.0
 MAX_BYTES = 1 << 20
-DISCOVERY_PATH = "/.well-known/openid-configuration"
+DISCOVERY_PATH = "/.well-known/openid-configuration"  # as promote.DISCOVERY_PATH (no import: `status` stays light)
 DISCOVERY_TYPES = ("application/json",)
 JWKS_TYPES = ("application/json", "application/jwk-set+json")
 
@@ -42,13 +46,15 @@ class Response:
     url: str
     doc: Any
     fetched_at: dt.datetime  # when it came from the network
-    max_age: float  # seconds a cache may keep it; 0: not cacheable
+    max_age: float  # Cache-Control max-age in seconds, as a verifier may keep it from its own fetch; 0: not cacheable
     last_modified: Optional[dt.datetime]
     cached: bool = False  # served from this process's cache
+    age: float = 0.0  # the Age header: how long a shared cache held it already
 
     @property
     def fresh_until(self) -> dt.datetime:
-        return self.fetched_at + dt.timedelta(seconds=self.max_age)
+        """Until when this process keeps it (max-age less Age, RFC 9111)."""
+        return self.fetched_at + dt.timedelta(seconds=max(0.0, self.max_age - self.age))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,41 +72,135 @@ def clear_cache() -> None:
     _cache.clear()
 
 
-def cache_seconds(cache_control: str, age: str = "") -> float:
-    """How long a private cache may keep an answer with these headers (RFC 9111: max-age less Age)."""
-    directives: dict[str, str] = {}
+def _directives(cache_control: str) -> dict[str, str]:
+    out: dict[str, str] = {}
     for part in cache_control.split(","):
         name, _, value = part.strip().partition("=")
         if name:
-            directives[name.lower()] = value.strip().strip('"')
+            out[name.lower()] = value.strip().strip('"')
+    return out
+
+
+def max_age(cache_control: str) -> float:
+    """The max-age a verifier may keep an answer for, counted from its own fetch; 0 when it may not keep it."""
+    directives = _directives(cache_control)
     if "no-store" in directives or "no-cache" in directives:
         return 0.0
     try:
-        max_age = float(int(directives["max-age"]))
+        return max(0.0, float(int(directives["max-age"])))
     except (KeyError, ValueError):
         return 0.0
-    with contextlib.suppress(ValueError):
-        max_age -= max(0, int(age))
-    return max(0.0, max_age)
+
+
+def _age(age: str) -> float:
+    try:
+        return max(0.0, float(int(age)))
+    except ValueError:
+        return 0.0
+
+
+def cache_seconds(cache_control: str, age: str = "") -> float:
+    """How long this process keeps an answer with these headers (RFC 9111: max-age less Age)."""
+    return max(0.0, max_age(cache_control) - _age(age))
 
 
 def _media_type(content_type: str) -> str:
     return content_type.split(";")[0].strip().lower()
 
 
-class _HttpsOnlyRedirects(urllib.request.HTTPRedirectHandler):
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect may change the path only: the same scheme, host and port, so a verifier's URL is what is checked."""
+
     def redirect_request(
         self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any, newurl: str
     ) -> Optional[urllib.request.Request]:
-        if urllib.parse.urlsplit(newurl).scheme != "https":
+        old, new = urllib.parse.urlsplit(req.full_url), urllib.parse.urlsplit(newurl)
+        if new.scheme != "https":
             raise IssuerError(f"{req.full_url}: redirects to {newurl}, which is not https")
+        if (new.hostname, new.port) != (old.hostname, old.port):
+            raise IssuerError(f"{req.full_url}: redirects to {newurl}, another host; only the same host is followed")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-def _opener() -> urllib.request.OpenerDirector:
+class _Deadline:
+    """Cuts every connection of one fetch when its total time is up: a blocked read then fails at once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._socks: list[tuple[socket.socket, int]] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+
+    def add(self, sock: socket.socket, replaces: int = -1) -> None:
+        """`replaces`: the fd of the TCP socket this TLS socket took over (its entry goes)."""
+        with self._lock:
+            self._socks = [(s, fd) for s, fd in self._socks if fd != replaces]
+            self._socks.append((sock, -1 if replaces != -1 else sock.fileno()))
+            if self.expired:
+                self._shut(sock, -1)
+
+    @staticmethod
+    def _shut(sock: socket.socket, fd: int) -> None:
+        with contextlib.suppress(OSError):
+            if sock.fileno() != -1:
+                sock.shutdown(socket.SHUT_RDWR)
+            elif fd != -1:  # a TCP socket the TLS wrapper detached mid-handshake: reach it through its fd
+                with socket.socket(fileno=os.dup(fd)) as dup:
+                    dup.shutdown(socket.SHUT_RDWR)
+
+    def _cut(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock, fd in self._socks:
+                self._shut(sock, fd)
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._timer.cancel()
+            self._socks.clear()  # closed by now: their numbers may be reused
+
+
+class _Connection(http.client.HTTPSConnection):
+    """Hands its sockets to the deadline as soon as they exist: the proxy tunnel and the TLS handshake count too."""
+
+    def __init__(self, *args: Any, deadline: _Deadline, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._deadline = deadline
+        create = self._create_connection  # type: ignore[has-type]
+
+        def connect(*a: Any, **k: Any) -> socket.socket:
+            sock: socket.socket = create(*a, **k)
+            deadline.add(sock)
+            self._tcp_fd = sock.fileno()
+            return sock
+
+        self._create_connection = connect
+        self._tcp_fd = -1
+
+    def connect(self) -> None:
+        super().connect()
+        self._deadline.add(self.sock, replaces=self._tcp_fd)  # the TLS socket that took the TCP one over
+
+
+class _Handler(urllib.request.HTTPSHandler):
+    def __init__(self, context: ssl.SSLContext, deadline: _Deadline) -> None:
+        super().__init__(context=context)
+        self._ctx, self._deadline = context, deadline
+
+    def https_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(functools.partial(_Connection, deadline=self._deadline), req, context=self._ctx)
+
+
+def _opener(deadline: _Deadline) -> urllib.request.OpenerDirector:
     """Built per request, so proxy variables are read as they are now. build_opener adds the ProxyHandler."""
     ctx = ssl.create_default_context()  # OpenSSL's default paths: the system CAs, or SSL_CERT_FILE/SSL_CERT_DIR
-    return urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx), _HttpsOnlyRedirects())
+    return urllib.request.build_opener(_Handler(ctx, deadline), _SameOriginRedirects())
 
 
 def _why(e: BaseException, timeout: float) -> str:
@@ -133,14 +233,17 @@ def fetch_json(
         url, headers={"Accept": ", ".join(media_types), "User-Agent": f"k3srotd/{__version__}"}
     )
     try:
-        with _opener().open(req, timeout=timeout) as resp:
+        with _Deadline(timeout) as deadline, _opener(deadline).open(req, timeout=timeout) as resp:
             headers = resp.headers
             body = resp.read(MAX_BYTES + 1)
     except urllib.error.HTTPError as e:
         e.close()
         raise IssuerError(f"{url}: {_why(e, timeout)}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-        raise IssuerError(f"{url}: {_why(e, timeout)}") from None
+        why = f"no complete answer within {timeout:g}s" if deadline.expired else _why(e, timeout)
+        raise IssuerError(f"{url}: {why}") from None
+    if deadline.expired:  # the cut can end a read early without an error: what came is not the whole answer
+        raise IssuerError(f"{url}: no complete answer within {timeout:g}s")
     if len(body) > MAX_BYTES:
         raise IssuerError(f"{url}: answers with more than {MAX_BYTES} bytes")
     ctype = headers.get("Content-Type", "")
@@ -158,10 +261,11 @@ def fetch_json(
             last_modified = None
         if last_modified is not None and last_modified.tzinfo is None:
             last_modified = last_modified.replace(tzinfo=dt.timezone.utc)
-    max_age = cache_seconds(headers.get("Cache-Control", ""), headers.get("Age", ""))
-    got = Response(url, doc, now, max_age, last_modified)
-    if max_age > 0:
-        _cache[url] = (monotonic() + max_age, got)
+    cc = headers.get("Cache-Control", "")
+    got = Response(url, doc, now, max_age(cc), last_modified, age=_age(headers.get("Age", "")))
+    keep = cache_seconds(cc, headers.get("Age", ""))
+    if keep > 0:
+        _cache[url] = (monotonic() + keep, got)
     else:
         _cache.pop(url, None)
     return got

@@ -21,9 +21,11 @@ from typing import Any, Optional
 from k3srotd.config import Config
 from k3srotd.core import keys
 from k3srotd.core.clock import Clock
+from k3srotd.core.ports import Log
 from k3srotd.core.verify import VerifyFailed
 from k3srotd.errors import K3srotdError
-from k3srotd.node.kubeapi import APIError
+from k3srotd.node.k3s import K3s
+from k3srotd.node.kubeapi import APIError, KubeAPI
 
 NAMESPACE = "kube-system"
 NAME = "k3srotd-probe"
@@ -123,7 +125,7 @@ def verify(token: str, jwks: Any) -> str:
 
 
 # --- the API calls
-def _call(api: Any, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+def _call(api: KubeAPI, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     try:
         status, raw = api.request(method, path, body)
     except APIError as e:
@@ -143,7 +145,7 @@ def _message(doc: Any) -> str:
     return str(doc.get("message", "")) if isinstance(doc, dict) else ""
 
 
-def ensure_service_account(api: Any) -> bool:
+def ensure_service_account(api: KubeAPI) -> bool:
     """kube-system/k3srotd-probe exists afterwards; True if it was created now."""
     base = f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts"
     status, doc = _call(api, "GET", f"{base}/{NAME}")
@@ -164,7 +166,7 @@ def ensure_service_account(api: Any) -> bool:
     return True
 
 
-def mint(api: Any) -> str:
+def mint(api: KubeAPI) -> str:
     path = f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/{NAME}/token"
     body = {
         "apiVersion": "authentication.k8s.io/v1",
@@ -178,7 +180,7 @@ def mint(api: Any) -> str:
     return token
 
 
-def review(api: Any, token: str) -> Optional[str]:
+def review(api: KubeAPI, token: str) -> Optional[str]:
     """None when the token passes TokenReview; else the apiserver's reason."""
     body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
     status, doc = _call(api, "POST", "/apis/authentication.k8s.io/v1/tokenreviews", body)
@@ -190,7 +192,7 @@ def review(api: Any, token: str) -> Optional[str]:
     return str(st.get("error") or "not authenticated")
 
 
-def jwks(api: Any) -> Any:
+def jwks(api: KubeAPI) -> Any:
     try:
         return api.get_json("/openid/v1/jwks")
     except APIError as e:
@@ -202,7 +204,7 @@ def jwks(api: Any) -> Any:
 class TokenProbe:
     """A gates.StepCheck: before_restart mints a token, after_restart checks a new one and the old one."""
 
-    def __init__(self, cfg: Config, k3s: Any, log: Any, clock: Optional[Clock] = None) -> None:
+    def __init__(self, cfg: Config, k3s: K3s, log: Log, clock: Optional[Clock] = None) -> None:
         self.cfg = cfg
         self.k3s = k3s
         self.log = log

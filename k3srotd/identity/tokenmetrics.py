@@ -1,9 +1,9 @@
 """Are tokens signed by old keys still in use? kube-apiserver's service-account token counters on /metrics.
 
 `serviceaccount_stale_tokens_total` counts projected tokens used past their intended expiry (alive only because of
-service-account-extend-token-expiration); the legacy counters count Secret-based tokens, which never expire. A
-counter that grew during the last grace-period means a client still presents such a token, and it may be signed
-by a key about to be pruned.
+service-account-extend-token-expiration); the legacy counters count Secret-based tokens, which never expire.
+Neither says which key signed a token. The stale counter holds a prune only where K3s's settings give no proof
+(core/prune.py); the legacy counters are only reported, since the Secret scan (evidence.py) names the key.
 
 Counters restart at 0 with kube-apiserver (every K3s restart), so one reading says little: readings are kept in
 <state-dir>/token-metrics.json (taken before and after every restart k3srotd makes, and at every prune check),
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from k3srotd.core.model import parse_ts, ts
-from k3srotd.node.kubeapi import APIError
+from k3srotd.node.kubeapi import APIError, KubeAPI
 from k3srotd.node.store import ensure_private_dir, write_atomic
 
 STALE = "serviceaccount_stale_tokens_total"
@@ -40,9 +40,7 @@ class MetricsError(Exception):
     """/metrics could not be read or parsed. str() is one line."""
 
 
-def watched(extend_token_expiration: Optional[bool]) -> tuple[str, ...]:
-    """The counters that matter: stale tokens exist only while extend-token-expiration is not false."""
-    return LEGACY if extend_token_expiration is False else (STALE, *LEGACY)
+GATING = (STALE,)  # only the stale counter holds a prune; the legacy ones are reported (the Secret scan decides)
 
 
 def _split_sample(line: str) -> tuple[str, str]:
@@ -101,7 +99,7 @@ class Reading:
         return cls(at, None if start is None else float(start), {str(k): float(v) for k, v in d["counters"].items()})
 
 
-def read(api: Any, now: dt.datetime) -> Reading:
+def read(api: KubeAPI, now: dt.datetime) -> Reading:
     """One reading of the apiserver's /metrics (the admin client certificate may read it)."""
     try:
         status, body = api.request("GET", "/metrics")

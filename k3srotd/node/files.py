@@ -3,17 +3,56 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import os
+import stat
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 from k3srotd.errors import ConfigError, SafetyRefusal
 from k3srotd.node.store import ensure_private_dir, fsync_dir, write_atomic
 
+if TYPE_CHECKING:
+    from k3srotd.node.k3s import K3s
+
+
+KEY_FILE_CAP = 1024 * 1024  # a service.key of a thousand RSA-4096 keys is ~3 MB short of this; no real one is near
+
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def read_regular(path: Path, cap: int = KEY_FILE_CAP, follow: bool = True) -> bytes:
+    """A regular file's bytes, at most `cap`. O_NONBLOCK so that a FIFO cannot hang us, the type checked on the
+    open descriptor (no window to swap it), O_NOFOLLOW unless `follow`. FileNotFoundError passes through;
+    anything else that is no regular file of sane size is a SafetyRefusal naming the path."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise SafetyRefusal(f"{path}: is a symlink; k3srotd reads it only as a real file") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SafetyRefusal(f"{path}: is not a regular file; replace it with the real file")
+        if st.st_size > cap:
+            raise SafetyRefusal(f"{path}: is larger than {cap // 1024} KiB; it is no key file. Check the path")
+        chunks, total = [], 0
+        while total <= cap:
+            chunk = os.read(fd, min(65536, cap + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > cap:
+            raise SafetyRefusal(f"{path}: is larger than {cap // 1024} KiB; it is no key file. Check the path")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 class Backups:
@@ -31,9 +70,10 @@ class Backups:
         return path
 
     def files(self) -> list[Path]:
-        if not self.dir.is_dir():
+        """Regular files only: a link in backups/ is nothing k3srotd made, and is neither read nor removed."""
+        if self.dir.is_symlink() or not self.dir.is_dir():
             return []
-        return sorted(p for p in self.dir.iterdir() if p.suffix == ".key" and p.is_file())
+        return sorted(p for p in self.dir.iterdir() if p.suffix == ".key" and stat.S_ISREG(os.lstat(p).st_mode))
 
     def trim(self, protect: Iterable[str]) -> list[Path]:
         """Remove the oldest beyond `keep`, never one a pending step or a rollback still needs."""
@@ -44,6 +84,41 @@ class Backups:
             if str(p) not in keep:
                 p.unlink()
                 removed.append(p)
+        return removed
+
+    def read(self, path: str, want_sha256: Optional[str] = None) -> bytes:
+        """A backup named by the state: only a regular file directly inside backups/ (no link), and, when the
+        state recorded it, with the same sha256 as when it was taken. SafetyRefusal otherwise."""
+        p = Path(path)
+        if p.parent != self.dir or p.name in ("", ".", "..") or not p.name.endswith(".key"):
+            raise SafetyRefusal(f"{path}: is not a backup in {self.dir}; the state names another file. Check it")
+        if os.path.realpath(self.dir) != os.path.abspath(self.dir):
+            raise SafetyRefusal(f"{self.dir}: is reached through a symlink; k3srotd reads backups only in place")
+        data = read_regular(p, follow=False)
+        if want_sha256 is not None and sha256(data) != want_sha256:
+            raise SafetyRefusal(
+                f"{path}: changed since k3srotd wrote it (sha256 differs); it is not uploaded. Check who wrote it"
+            )
+        return data
+
+    def drop_gone_keys(self, live_kids: Iterable[str], protect: Iterable[str]) -> list[Path]:
+        """After a committed, verified step: remove backups that hold a private key no longer in the live file
+        (a pruned key), except `protect` (the backup a rollback of this step needs; it goes after the next)."""
+        from k3srotd.core import keys
+
+        live, keep, removed = set(live_kids), set(protect), []
+        for p in self.files():
+            if str(p) in keep:
+                continue
+            try:
+                kf = keys.parse(read_regular(p, follow=False), str(p))
+            except (OSError, SafetyRefusal):
+                continue  # not ours to judge: trim() ages it out
+            if any(b.is_private and b.kid not in live for b in kf.blocks):
+                p.unlink()
+                removed.append(p)
+        if removed:
+            fsync_dir(self.dir)
         return removed
 
 
@@ -58,6 +133,9 @@ class Staging:
 
     def check(self) -> None:
         """Refuse a staging path that another user could swap or read, or that holds other files."""
+        from k3srotd.node import trust
+
+        trust.require_path(str(self.key), "staging-dir")
         uid = os.geteuid()
         for p in (self.root, self.server, self.tls, self.key):
             if p.is_symlink():
@@ -113,7 +191,7 @@ class Staging:
 
     def read(self) -> Optional[bytes]:
         try:
-            return self.key.read_bytes()
+            return read_regular(self.key, follow=False)
         except FileNotFoundError:
             return None
 
@@ -130,3 +208,38 @@ class Staging:
                 d.rmdir()
             except OSError:
                 break
+
+
+def resync_datastore(staging: Staging, k3s: K3s) -> Callable[[], None]:
+    """For a corrupt state: make the datastore hold the live file again (rotate-ca, no restart), so that the
+    state can be rebuilt from the live file. Refused (exit 3) when a staged file is left from a step, or when K3s
+    cannot take the upload: then nobody knows what the datastore holds, and a human must look."""
+
+    def resync() -> None:
+        from k3srotd.core import keys
+
+        if os.path.lexists(staging.key):
+            raise SafetyRefusal(
+                f"{staging.key}: is left from an interrupted step while the state is corrupt; rotate-ca may have "
+                f"uploaded it. Copy {k3s.live_path} over it, run `{' '.join(k3s.rotate_ca_argv())}`, remove it, "
+                "then run k3srotd again"
+            )
+        live = k3s.live_bytes()
+        keys.parse(live, str(k3s.live_path))
+        if k3s.server_process() is None:
+            raise SafetyRefusal(
+                "the state is corrupt and K3s is not running, so the datastore cannot be put back to the live key "
+                "file; start K3s, then run k3srotd again"
+            )
+        staging.write(live)
+        try:
+            res = k3s.rotate_ca()
+        finally:
+            staging.remove()
+        if not res.ok:
+            raise SafetyRefusal(
+                f"the state is corrupt and `k3s certificate rotate-ca` of the live key file failed ({res.tail()}); "
+                "run it by hand, then run k3srotd again"
+            )
+
+    return resync

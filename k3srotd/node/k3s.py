@@ -71,8 +71,12 @@ class K3s:
             )
 
     def live_bytes(self) -> bytes:
+        """The live file, read only if it is a regular file, with a size cap (a link to /dev/zero or a FIFO there
+        must neither fill memory nor hang)."""
+        from k3srotd.node.files import read_regular
+
         try:
-            return self.live_path.read_bytes()
+            return read_regular(self.live_path)
         except FileNotFoundError:
             self.require_server_node()
             raise SafetyRefusal(
@@ -88,11 +92,12 @@ class K3s:
     def current_kid(self) -> Optional[str]:
         """The kid K3s signs with: its service.current.key, written at every start."""
         from k3srotd.core import keys
+        from k3srotd.node.files import read_regular
 
         try:
-            data = self.cfg.current_key.read_bytes()
+            data = read_regular(self.cfg.current_key)
             return keys.parse(data, str(self.cfg.current_key)).signer.kid
-        except (OSError, keys.KeyFileError):
+        except (OSError, SafetyRefusal):
             return None
 
     # --- process

@@ -21,7 +21,8 @@ How to log (the convention the whole code base follows)::
 - `log.exception(...)` (or `exc_info=True`) adds the traceback: K3SROTD_TRACEBACK in journald (MESSAGE stays
   one line), `exception` in JSON, the following lines on the console.
 - Never log key material. As defence in depth, any value (and the message, and a traceback) that contains
-  `PRIVATE KEY` or a PEM armour line (`-----BEGIN ...`/`-----END ...`) is replaced by "[redacted]".
+  `PRIVATE KEY`, a PEM armour line (`-----BEGIN ...`/`-----END ...`) or base64 as long as a key (a PEM body,
+  or a run of 120 characters) is replaced by "[redacted]". The CLI's error line goes through the same guard.
 
 Formats: `journal` (journald's native protocol, see journal.py; if journald cannot be reached a record goes to
 the stream as a console line instead), `json` (one object per line), `console` (one human line per record:
@@ -54,7 +55,39 @@ _LEVEL_NUMBER = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical"
 _METHOD_LEVEL = {"warn": "warning", "exception": "error", "fatal": "critical", "msg": "info", "failure": "error"}
 _RESERVED = ("event", "msg", "level", "time", "exception")
 REDACTED = "[redacted]"
-_KEY_MATERIAL = re.compile(r"PRIVATE KEY|-----(BEGIN|END) ")
+# PEM armour; or base64 as long as a key's: a PEM body (two or more full 64-character lines), or an unwrapped
+# run of 120 or more (the smallest key k3srotd handles, EC P-256 in SEC1, is 164). A kid is 43, a sha256 64.
+# A run counts only with the variety of random bytes (a line of "xxxx..." is no key).
+_ARMOUR = re.compile(r"PRIVATE KEY|-----(BEGIN|END) ")
+_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{64}[ \t]*\r?\n\s*){2}|[A-Za-z0-9+/]{120}")
+_VARIETY = 24  # distinct characters: random base64 of 120 has ~55; words and repeats far fewer
+
+
+class _KeyMaterial:
+    """The guard: `search` and `sub` like a compiled pattern."""
+
+    def _runs(self, text: str) -> Iterator[re.Match[str]]:
+        for m in _BASE64.finditer(text):
+            if len(set(m.group(0))) >= _VARIETY:
+                yield m
+
+    def search(self, text: str) -> bool:
+        return _ARMOUR.search(text) is not None or next(self._runs(text), None) is not None
+
+    def sub(self, repl: str, text: str) -> str:
+        text = _ARMOUR.sub(repl, text)
+        for m in reversed(list(self._runs(text))):
+            text = text[: m.start()] + repl + text[m.end() :]
+        return text
+
+
+_KEY_MATERIAL = _KeyMaterial()
+
+
+def redact_text(text: str) -> str:
+    """A line with any key material in it replaced by "[redacted]": the CLI's error line, like every log value."""
+    return _KEY_MATERIAL.sub(REDACTED, text)
+
 
 _configured: Optional[tuple[str, str]] = None
 

@@ -5,16 +5,20 @@ Both are best effort: a failing hook or an unwritable metrics file is logged and
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from k3srotd.config import Config
 from k3srotd.core.clock import Clock
 from k3srotd.core.model import parse_ts
+from k3srotd.core.ports import Log
+
+if TYPE_CHECKING:  # metrics is imported where used
+    from k3srotd.output.metrics import MetricsSnapshot
 
 HOOK_TIMEOUT = 60.0
 
 
-def snapshot(cfg: Config, clock: Clock) -> Any:
+def snapshot(cfg: Config, clock: Clock) -> MetricsSnapshot:
     """The metrics as the state file and the live key file say now."""
     from k3srotd.core import planner
     from k3srotd.engine import session as engine
@@ -37,19 +41,19 @@ def snapshot(cfg: Config, clock: Clock) -> Any:
     )
 
 
-def write_metrics(cfg: Config, log: Any, clock: Optional[Clock] = None) -> None:
+def write_metrics(cfg: Config, log: Log, clock: Clock) -> None:
     if not cfg.metrics_file:
         return
     from k3srotd.errors import K3srotdError
     from k3srotd.output import metrics
 
     try:
-        metrics.write_metrics(cfg.metrics_file, snapshot(cfg, clock or Clock()))
+        metrics.write_metrics(cfg.metrics_file, snapshot(cfg, clock))
     except (OSError, K3srotdError) as e:
         log.warning("metrics.failed", msg=f"{cfg.metrics_file}: cannot write metrics: {e}")
 
 
-def make_events(cfg: Config, log: Any, clock: Optional[Clock] = None) -> Callable[[str, str, Sequence[str], str], None]:
+def make_events(cfg: Config, log: Log, clock: Clock) -> Callable[[str, str, Sequence[str], str], None]:
     def on_event(event: str, signer_kid: str, kids: Sequence[str], phase: str) -> None:
         from pathlib import Path
 

@@ -18,7 +18,8 @@ def test_staged_cycle_rolls_every_server_one_at_a_time(cluster: Cluster) -> None
     old_token = b.server.request_token("default", "app")
     starts = {n.name: len(downtimes(n.server)) for n in cluster}
     for n in (b, c):
-        n.write_config(publish_wait="1h")  # their daemons follow; rotate-now on server-0 drives both steps
+        # their daemons follow, also without the opt-in (automatic false); rotate-now on server-0 drives both steps
+        n.write_config(publish_wait="1h", automatic=False)
         n.start_daemon()
     wait_until(
         "every daemon reports",

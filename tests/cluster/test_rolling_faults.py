@@ -224,6 +224,8 @@ def test_a_prune_waits_while_another_server_still_sees_old_tokens(cluster: Clust
     a.ok("rotate-now", timeout=240)
     new = a.status()["signer_kid"]
     a.write_config(grace_period="1s")
+    # a max expiration with extend-token-expiration not false: the stale-token counter gates (core/prune.py)
+    a.k3s_config.write_text("kube-apiserver-arg:\n- service-account-max-token-expiration=1h\n")
     time.sleep(1.1)
     c.server.add_token_uses(stale=2)  # a client still presents an old-key token, to server-2 only
     refused = a.k3srotd("prune", timeout=120)

@@ -159,11 +159,48 @@ def test_an_escaped_child_holding_the_output_does_not_hang_the_daemon(hooks_dir:
     started = time.monotonic()
     try:
         [res] = run(hooks_dir, log, timeout=0.5)
-        assert time.monotonic() - started < 6
-        assert res.timed_out
+        assert time.monotonic() - started < 3
+        # the hook itself exited at once: no timeout, whatever its escaped child does
+        assert res.ok and not res.timed_out and res.output == "bye\n"
     finally:
         escaped = int(pids.read_text())
         os.kill(escaped, 9)
+
+
+def test_a_hook_that_exits_leaving_children_has_not_timed_out_and_they_are_killed(
+    hooks_dir: Path, tmp_path: Path
+) -> None:
+    pids = tmp_path / "pids"
+    hook(hooks_dir, "10-leaves", f'sleep 60 & echo $! > "{pids}"; echo done')
+    log = Recorder()
+    started = time.monotonic()
+    [res] = run(hooks_dir, log, timeout=1.0)
+    assert 1.0 <= time.monotonic() - started < 4  # the group was waited for, up to the timeout
+    assert res.ok and not res.timed_out and res.output == "done\n"
+    child = int(pids.read_text())
+    deadline = time.monotonic() + 2
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not alive(child), "the child left running at the timeout was killed with the group"
+
+
+def test_a_hook_swapped_after_the_check_is_not_run(hooks_dir: Path, tmp_path: Path) -> None:
+    """The hook is opened through the held folder and run from its descriptor: the file checked is the one run."""
+    from k3srotd.output import hooks as h
+
+    marker = tmp_path / "ran"
+    hook(hooks_dir, "10-good", "echo good")
+    fd = os.open(hooks_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        hfd = h._open_hook(fd, hooks_dir / "10-good", Recorder())
+        assert hfd is not None
+        os.unlink(hooks_dir / "10-good")
+        hook(hooks_dir, "10-good", f'touch "{marker}"; echo evil')
+        res = h.run_hook(hooks_dir / "10-good", {"PATH": "/usr/bin:/bin"}, 5.0, hfd)
+        os.close(hfd)
+    finally:
+        os.close(fd)
+    assert res.output == "good\n" and not marker.exists()
 
 
 def test_hooks_that_cannot_start_or_are_killed(hooks_dir: Path) -> None:

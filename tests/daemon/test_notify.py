@@ -116,7 +116,7 @@ def test_python_systemd_path(
     assert PYTHON_WITH_SYSTEMD is not None
     address, sock = listener if kind == "path" else abstract_listener
     script = (
-        "from k3srotd.notify import Notifier\n"
+        "from k3srotd.output.notify import Notifier\n"
         "n = Notifier.from_env()\n"
         "assert n.backend == 'python-systemd', n.backend\n"
         f"for name, args in {CALLS!r}:\n"

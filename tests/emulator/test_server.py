@@ -119,6 +119,9 @@ def test_jwks_and_discovery(srv):
 
 def test_token_request_and_review(srv):
     client = srv.client()
+    status, _, raw = client.request("POST", "/api/v1/namespaces/ns1/serviceaccounts/sa1/token", {"spec": {}})
+    assert status == 404  # the ServiceAccount must exist
+    srv.ensure_service_account("ns1", "sa1")
     body = {"spec": {"audiences": ["vault"], "expirationSeconds": 1200}}
     status, _, raw = client.request("POST", "/api/v1/namespaces/ns1/serviceaccounts/sa1/token", body)
     assert status == 201
@@ -214,14 +217,15 @@ def test_key_file_parsing_like_client_go(k3s_server_factory, tmp_path):
 
     srv = k3s_server_factory(data_dir=data_dir)
 
-    expected = [kid_of(k) for k in (ec.public_key(), rsa_old.public_key(), pub_only, cert_key.public_key())]
+    # the PKCS#8 EC key signs (by label) but is not in the verify set (SEC1 only), as client-go's keyutil
+    expected = [kid_of(k) for k in (rsa_old.public_key(), pub_only, cert_key.public_key())]
     assert srv.jwks_kids() == expected
     assert srv.service_key.read_bytes() == content  # kept byte for byte: the datastore was empty
     assert srv.current_key.read_bytes() == marshal_private_key(ec)
     token = srv.request_token("default", "app")
-    assert token_kid(token) == expected[0]
+    assert token_kid(token) == kid_of(ec.public_key())
     assert json.loads(b64url_decode(token.split(".")[0]))["alg"] == "ES256"
-    assert srv.review_token(token)["authenticated"] is True
+    assert srv.review_token(token)["authenticated"] is False  # its signer is not in its verify set
 
 
 def test_service_key_without_private_key_is_fatal(k3s_server_factory, tmp_path):

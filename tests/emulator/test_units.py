@@ -65,8 +65,9 @@ def test_jwt_round_trip(make, rsa_key):
     claims = jwt.service_account_claims("https://iss", "ns", "sa", ["aud"], 600, now=1000)
     token = jwt.sign(key, claims)
     assert jwt.verify(token, [key.public_key()], ["https://iss"], ["aud"], now=1100) == claims
+    assert jwt.verify(token, [key.public_key()], ["https://iss"], ["aud"], now=1660)  # 60 s leeway
     with pytest.raises(jwt.TokenError, match="expired"):
-        jwt.verify(token, [key.public_key()], ["https://iss"], ["aud"], now=1601)
+        jwt.verify(token, [key.public_key()], ["https://iss"], ["aud"], now=1661)
     with pytest.raises(jwt.TokenError, match="cryptographic"):
         jwt.verify(token, [keys.new_ec_key().public_key()], ["https://iss"], ["aud"], now=1100)
     with pytest.raises(jwt.TokenError):

@@ -7,6 +7,8 @@ import time
 
 from k3srotd_node import Node, mode
 
+from k3srotd.core import keys
+
 
 def test_staged_cycle_publish_promote_prune(node: Node) -> None:
     srv = node.server
@@ -168,4 +170,10 @@ def test_key_size_backup_keep_and_prune_dry_run(node: Node) -> None:
     assert node.live_bytes() == live and node.server.pid == pid
     node.ok("prune")
     backups = sorted((node.state_dir / "backups").iterdir())
-    assert len(backups) == 2 and [b.name.split("-", 1)[1] for b in backups] == ["promote.key", "prune.key"]
+    # the promote's backup held the pruned private key: gone; the prune's own stays for its rollback
+    assert [b.name.split("-", 1)[1] for b in backups] == ["prune.key"]
+    pruned = st["keys"][1]["kid"]
+    node.ok("rotate-now")  # the next step: the prune's backup, the last to hold the pruned key, goes too
+    names = [b.name.split("-", 1)[1] for b in sorted((node.state_dir / "backups").iterdir())]
+    assert names == ["publish.key", "promote.key"]
+    assert all(pruned not in keys.parse(b.read_bytes(), "b").kids for b in (node.state_dir / "backups").iterdir())

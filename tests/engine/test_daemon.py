@@ -7,6 +7,7 @@ import datetime as dt
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -260,3 +261,79 @@ def test_metrics_file_after_steps(node: Node, tmp_path: Path) -> None:
     nxt = {s.labels["action"]: s.value for s in fams["k3srotd_next_action_timestamp_seconds"].samples}
     assert "prune" in nxt and nxt["prune"] > time.time() + 23 * 3600
     assert os.stat(metrics).st_mode & 0o777 == 0o644
+
+
+def test_without_automatic_a_due_rotation_only_says_so(node: Node) -> None:
+    """The default: the daemon walks 100 days past a due rotation and restarts K3s not once; its status says what
+    is due, since when, and how to act or opt in."""
+    node.write_config(automatic=False, rotation_interval="90d", max_splay="0s")
+    cfg = config.load(str(node.config))
+    stream = io.StringIO()
+    log = logs.configure("json", stream=stream)
+    start = dt.datetime.now(dt.timezone.utc)
+    clock = FakeClock(start)
+    d = Daemon(cfg, log, clock, config_path=str(node.config))
+    d.recheck = dt.timedelta(hours=12)
+    restarts = len(node.server.lifecycle())
+    kids = node.server.jwks_kids()
+    while clock.now() < start + dt.timedelta(days=100):
+        wake = d.tick()
+        assert wake > clock.now()  # never a busy loop on the held step
+        clock.advance((wake - clock.now()).total_seconds())
+    logs.reset()
+    assert len(node.server.lifecycle()) == restarts
+    assert node.server.jwks_kids() == kids == node.server.datastore_kids()
+    assert node.status()["phase"] == "idle"
+    assert "publish is due (since " in d.status_line
+    assert "automatic steps are off: run `k3srotd rotate-now`" in d.status_line
+    assert f"write `automatic: true` to {node.config}.d/50-automatic.yaml" in d.status_line
+    events = [json.loads(ln)["event"] for ln in stream.getvalue().splitlines()]
+    assert "daemon.step" not in events and "publish.done" not in events
+
+
+def test_without_automatic_the_daemon_still_undoes_an_interrupted_step_and_a_drop_in_opts_in(
+    node: Node, tmp_path: Path
+) -> None:
+    signer = node.server.signer_kid()
+    metrics = tmp_path / "k3srotd.prom"
+    node.write_config(automatic=False, rotation_interval="1s", max_splay="0s", metrics_file=str(metrics))
+    crashed = node.k3srotd("rotate-now", env={"K3SROTD_TEST_CRASH_AT": "publish:uploaded"})
+    assert crashed.returncode == -signal.SIGKILL
+    notify = NotifySocket(tmp_path / "notify.sock")
+    proc = _run(node, notify)
+    try:
+        notify.wait_for("READY=1")
+        status = notify.wait_for("automatic steps are off")
+        assert "publish is due" in status and "k3srotd rotate-now" in status, status
+        time.sleep(1.5)  # a daemon that would act has started its publish by now
+        assert node.server.datastore_kids() == [signer] == node.server.jwks_kids()
+        assert "interrupted" not in node.ok("status").stdout
+        assert "k3srotd_phase" in metrics.read_text()
+        # the opt-in, as a fleet's config management writes it: a drop-in, then a reload
+        drop_in = Path(str(node.config) + ".d")
+        drop_in.mkdir()
+        (drop_in / "50-automatic.yaml").write_text("automatic: true\n")
+        proc.send_signal(signal.SIGHUP)
+        notify.wait_for("doing publish", timeout=60)  # SIGTERM below: the publish ends first
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 0, err
+    events = [json.loads(ln)["event"] for ln in err.splitlines() if ln.startswith("{")]
+    assert "resume.done" in events and "daemon.manual" in events
+    assert events.index("config.reloaded") < events.index("daemon.step") < events.index("publish.done")
+
+
+def test_status_and_doctor_say_automatic_is_off_and_how_to_opt_in(node: Node) -> None:
+    node.write_config(automatic=False)
+    status = node.ok("status").stdout
+    assert "automatic" in status and "off" in status and "automatic: true" in status, status
+    assert re.search(r"^next +publish .*; run `k3srotd rotate-now`$", status, re.M), status
+    doctor = node.k3srotd("doctor").stdout
+    line = next(ln for ln in doctor.splitlines() if ln[6:].startswith("automatic"))
+    # a choice, not a fault: the production checklist has doctor all PASS before the opt-in
+    assert line.startswith("PASS  automatic: off") and "publish is due at" in line, doctor
+    assert f"write `automatic: true` to {node.config}.d/50-automatic.yaml" in line, line
+    node.write_config(automatic=True)
+    on = [ln for ln in node.k3srotd("doctor").stdout.splitlines() if ln[6:].startswith("automatic")]
+    assert on and on[0].startswith("PASS  automatic: on"), on

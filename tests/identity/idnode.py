@@ -22,7 +22,7 @@ except ImportError:  # older tree: Node still lives in tests/engine/conftest.py
     _spec.loader.exec_module(_engine)
     Node = _engine.Node
 
-GATE_POLL = "0.2"  # seconds between promote-gate checks in rotate-now (production: 10 s)
+ISSUER_POLL = "200ms"  # between promote-gate checks in rotate-now (issuer-poll; production: 10s)
 
 
 def wait_until(cond: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
@@ -40,6 +40,8 @@ class IdNode(Node):  # type: ignore[misc,valid-type]
 
     def __init__(self, root: Path, server: EmulatedServer, env: dict[str, str]) -> None:
         super().__init__(root, server)
+        self.settings["issuer-poll"] = ISSUER_POLL
+        self.write_config()
         self.env = dict(env)
         self.bg: Optional[subprocess.Popen[str]] = None
         self.bg_log = root / "k3srotd-bg.log"
@@ -53,7 +55,7 @@ class IdNode(Node):  # type: ignore[misc,valid-type]
 
     def start_bg(self, *args: str) -> subprocess.Popen[str]:
         """k3srotd in the background, its stderr (JSON log lines) kept in bg_log."""
-        e = subprocess_env({**self.env, "K3SROTD_TEST_GATE_POLL": GATE_POLL})
+        e = subprocess_env(self.env)
         e.pop("INVOCATION_ID", None)
         e.pop("JOURNAL_STREAM", None)
         log = open(self.bg_log, "w")  # noqa: SIM115 (closed with the process, in wait_bg)

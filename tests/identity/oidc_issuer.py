@@ -97,6 +97,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         iss: IssuerServer = self.server.issuer  # type: ignore[attr-defined]
         path = self.path.split("?")[0]
         with iss.lock:
+            location = iss.redirects.get(path)
+            drip = iss.drip
+        if location is not None:
+            self.send_response(302)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        with iss.lock:
             if path == iss.path + "/.well-known/openid-configuration":
                 doc = {
                     "issuer": iss.discovery_issuer or iss.issuer,
@@ -119,7 +128,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         for k, v in headers.items():
             self.send_header(k, v)
         self.end_headers()
-        self.wfile.write(body)
+        if not drip:
+            self.wfile.write(body)
+            return
+        for i in range(len(body)):  # a slow server: one byte at a time, each in time for a per-read timeout
+            try:
+                self.wfile.write(body[i : i + 1])
+                self.wfile.flush()
+            except OSError:
+                return
+            time.sleep(drip)
 
 
 class IssuerServer:
@@ -134,19 +152,29 @@ class IssuerServer:
         self.discovery_type = "application/json"
         self.discovery_issuer: Optional[str] = None
         self.hits: list[tuple[float, str, tuple[str, ...]]] = []
+        self.redirects: dict[str, str] = {}  # path -> Location of a 302
+        self.drip = 0.0  # seconds between the bytes of an answer's body (0: all at once)
         self._httpd: Optional[http.server.ThreadingHTTPServer] = None
 
     @property
     def issuer(self) -> str:
         return f"https://127.0.0.1:{self.port}{self.path}"
 
-    def publish(self, jwks: dict[str, Any], cache_control: Optional[str] = None, last_modified: bool = False) -> None:
-        """Serve this JWKS from now on, with these caching headers."""
+    def publish(
+        self,
+        jwks: dict[str, Any],
+        cache_control: Optional[str] = None,
+        last_modified: bool = False,
+        age: Optional[int] = None,
+    ) -> None:
+        """Serve this JWKS from now on, with these caching headers (`age`: as a CDN in front of it would add)."""
         headers = {}
         if cache_control:
             headers["Cache-Control"] = cache_control
         if last_modified:
             headers["Last-Modified"] = format_datetime(datetime.datetime.now(datetime.timezone.utc), usegmt=True)
+        if age is not None:
+            headers["Age"] = str(age)
         with self.lock:
             self.jwks, self.jwks_headers = jwks, headers
 

@@ -1,5 +1,6 @@
-"""gates.py in-process: which issuer is checked, the promote gate's book (since when, logged once, the cache
-hold), the prune gate when /metrics cannot be read, and the status rows. Time is passed in."""
+"""gates.py in-process: the promote gate's book (since when, logged once, the cache hold), both gates failing
+closed when the cluster cannot be read, and the status rows. Time is passed in. The verdicts themselves are
+tested as tables in test_identity_verdicts.py."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ import pytest
 from oidc_issuer import IssuerServer, TestCA
 
 from k3srotd.config import Config, K3sSettings
-from k3srotd.errors import ConfigError
-from k3srotd.identity import gates
+from k3srotd.identity import gates, report
 
 T0 = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 PUBLIC = "https://oidc.example.net/tenant/cluster"
@@ -41,36 +41,16 @@ class Log:
 
 
 def cfg(tmp: Path, issuer: Optional[str] = None, **kw: Any) -> Config:
-    k3s = K3sSettings(issuer=issuer, extend_token_expiration=kw.pop("extend", None))
-    return dataclasses.replace(Config(), state_dir=str(tmp / "state"), k3s=k3s, sources=("/etc/k3srotd/c.yaml",), **kw)
-
-
-@pytest.mark.parametrize(
-    ("verify", "k3s_issuer", "override", "want"),
-    [
-        ("auto", None, "", None),
-        ("auto", "https://kubernetes.default.svc.cluster.local", "", None),
-        ("auto", "https://kubernetes.default.svc", "", None),
-        ("auto", "k3s", "", None),
-        ("auto", PUBLIC, "", PUBLIC),
-        ("auto", "https://kubernetes.default.svc", PUBLIC, PUBLIC),
-        ("auto", "https://a.example", PUBLIC, PUBLIC),
-        ("false", PUBLIC, PUBLIC, None),
-        ("true", "https://kubernetes.default.svc", "", "https://kubernetes.default.svc"),
-        ("true", None, PUBLIC, PUBLIC),
-    ],
-)
-def test_which_issuer_is_checked(
-    tmp_path: Path, verify: str, k3s_issuer: Optional[str], override: str, want: Optional[str]
-) -> None:
-    c = cfg(tmp_path, k3s_issuer, verify_issuer=verify, oidc_issuer_url=override)
-    assert gates.issuer_url(c) == want
-
-
-@pytest.mark.parametrize(("k3s_issuer", "match"), [(None, "no issuer URL is known"), ("k3s", "not an https URL")])
-def test_verify_issuer_true_needs_an_https_url(tmp_path: Path, k3s_issuer: Optional[str], match: str) -> None:
-    with pytest.raises(ConfigError, match=f"/etc/k3srotd/c.yaml: key 'verify-issuer' is true, .*{match}"):
-        gates.issuer_url(cfg(tmp_path, k3s_issuer, verify_issuer="true"))
+    """`issuer`: the public issuer, named by oidc-issuer-url (the cluster is not asked then)."""
+    k3s = K3sSettings(extend_token_expiration=kw.pop("extend", None))
+    return dataclasses.replace(
+        Config(),
+        state_dir=str(tmp / "state"),
+        k3s=k3s,
+        sources=("/etc/k3srotd/c.yaml",),
+        oidc_issuer_url=issuer or "",
+        **kw,
+    )
 
 
 @pytest.fixture
@@ -99,9 +79,9 @@ def test_promote_gate_book_since_and_one_log_line_per_cause(
     r3 = gates.promote_gate(c, None, log, "new", T0 + dt.timedelta(minutes=10))
     assert r3 is not None and "cannot be checked" in r3 and r3.endswith("awaited since 2030-01-01T12:00:00Z")
     assert log.events() == ["promote.awaiting", "promote.awaiting"]
-    rows = dict(gates.status_rows(c, "new", []))
+    rows = dict(report.status_rows(c, None, "new", []))
     assert rows["awaiting"].startswith("promote of new waits since 2030-01-01T12:00:00Z: the public issuer")
-    assert "awaiting" not in dict(gates.status_rows(c, "other", []))  # another pending key: not this wait
+    assert "awaiting" not in dict(report.status_rows(c, None, "other", []))  # another pending key: not this wait
 
     public_issuer.start()
     public_issuer.publish({"keys": [{"kid": "old"}, {"kid": "new"}]})
@@ -132,12 +112,12 @@ def at(hours: float) -> dt.datetime:
     return T0 + dt.timedelta(hours=hours)
 
 
-def test_promote_waits_out_cached_copies_from_last_modified(
+def test_promote_waits_out_cached_copies_for_the_full_max_age_whatever_age_says(
     tmp_path: Path, trusted: None, public_issuer: IssuerServer
 ) -> None:
-    """With Last-Modified, the hold runs from it (the kid appeared no later); without, from first sight."""
+    """Behind a CDN the JWKS comes with Age: the hold is still the full max-age from first sight of the kid."""
     c, log = cfg(tmp_path, public_issuer.issuer), Log()
-    public_issuer.publish({"keys": [{"kid": "new"}]}, cache_control="max-age=600", last_modified=True)
+    public_issuer.publish({"keys": [{"kid": "new"}]}, cache_control="max-age=600", last_modified=True, age=550)
     now = dt.datetime.now(dt.timezone.utc)
     r = gates.promote_gate(c, None, log, "new", now)
     assert r is not None and "verifiers may keep its JWKS without it until" in r and "max-age=600s" in r
@@ -147,10 +127,11 @@ def test_promote_waits_out_cached_copies_from_last_modified(
 
 def test_no_issuer_no_wait(tmp_path: Path) -> None:
     log = Log()
-    assert gates.promote_gate(cfg(tmp_path), None, log, "new", T0) is None
+    off = cfg(tmp_path, verify_issuer="false")
+    assert gates.promote_gate(off, None, log, "new", T0) is None
     assert log.events() == []
-    rows = dict(gates.status_rows(cfg(tmp_path), "new", []))
-    assert rows["issuer"].startswith("not checked before promote: no issuer URL is known")
+    rows = dict(report.status_rows(off, None, "new", []))
+    assert rows["issuer"] == "not checked before promote: verify-issuer is false"
 
 
 class DownAPI:
@@ -161,33 +142,34 @@ class DownAPI:
 
         raise APIError(f"{self.server_url}{path}: ConnectionRefusedError: [Errno 111] Connection refused")
 
+    def call(self, method: str, path: str, body: object = None) -> tuple[int, object]:
+        self.request(method, path, body)
+        return 0, None
 
-class K3s:
+
+class DownK3s:
     def api(self) -> DownAPI:
         return DownAPI()
 
 
-def test_prune_gate_waits_when_metrics_cannot_be_read(tmp_path: Path) -> None:
+def test_gates_fail_closed_when_the_cluster_cannot_be_read(tmp_path: Path) -> None:
+    """The Secrets cannot be read: prune waits. The cluster's issuer cannot be read: promote waits."""
     c, log = cfg(tmp_path), Log()
-    r = gates.prune_gate(c, K3s(), log, ["k1", "k2"], T0)
-    assert r is not None and "cannot be read" in r and "tokens signed by k1, k2" in r
+    r = gates.prune_gate(c, DownK3s(), log, ["k1", "k2"], T0)
+    assert r is not None and "Secrets cannot be read" in r and "k1, k2 signed a token that never expires" in r
     assert log.events() == ["prune.delayed"]
-    rows = dict(gates.status_rows(c, None, ["k2"]))
-    assert rows["prune delayed"].startswith("since 2030-01-01T12:00:00Z: the apiserver's /metrics cannot be read")
-    assert "service-account-extend-token-expiration=false" in rows["token lifetime"]
-    assert "prune delayed" not in dict(gates.status_rows(c, None, []))  # nothing retired: nothing to delay
-    assert "prune delayed" not in dict(gates.status_rows(c, None, ["k3"]))  # pruned by --force, k3 retired since
-    # switched off: no wait, and the book forgets it
-    off = dataclasses.replace(c, prune_token_metrics=False)
-    assert gates.prune_gate(off, K3s(), log, ["k1"], T0) is None
-    assert "prune delayed" not in dict(gates.status_rows(off, None, ["k1"]))
-
-
-def test_token_lifetime_row_only_when_tokens_may_outlive_grace(tmp_path: Path) -> None:
-    safe = dataclasses.replace(
-        cfg(tmp_path), k3s=K3sSettings(max_token_expiration=dt.timedelta(hours=1), extend_token_expiration=False)
-    )
-    assert "token lifetime" not in dict(gates.status_rows(safe, None, ["k1"]))
+    rows = dict(report.status_rows(c, DownK3s(), None, ["k2"]))
+    assert rows["prune delayed"].startswith("since 2030-01-01T12:00:00Z: the service-account-token Secrets")
+    assert "prune delayed" not in dict(report.status_rows(c, DownK3s(), None, []))  # nothing retired
+    assert "prune delayed" not in dict(report.status_rows(c, DownK3s(), None, ["k3"]))  # --force pruned k1, k2
+    assert rows["issuer"].startswith("promote waits: the cluster's issuer cannot be read")
+    r = gates.promote_gate(c, DownK3s(), log, "new", T0)
+    assert r is not None and r.startswith("the cluster's issuer cannot be read (https://127.0.0.1:1/.well-known")
+    assert log.events()[-1] == "promote.awaiting"
+    # verify-api false: no API at all; K3s's config is all there is, and the Secrets are not read
+    off = dataclasses.replace(c, verify_api=False)
+    assert gates.prune_gate(off, DownK3s(), log, ["k1"], T0) is None
+    assert gates.promote_gate(off, DownK3s(), log, "new", T0) is None
 
 
 def test_step_checks_follow_the_config(tmp_path: Path) -> None:

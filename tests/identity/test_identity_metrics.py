@@ -91,15 +91,16 @@ def test_growth(history: list, now: tm.Reading, amount: float, known: bool, sinc
 
 def test_verdict_names_the_counter_and_the_amount() -> None:
     history = [r(-25, S1, 0, 1)]
-    assert tm.verdict(history, r(0, S1, 0, 1), GRACE, tm.watched(None)) is None
-    v = tm.verdict(history, r(0, S1, 3, 4), GRACE, tm.watched(None))
+    both = (tm.STALE, *tm.LEGACY)
+    assert tm.verdict(history, r(0, S1, 0, 1), GRACE, both) is None
+    v = tm.verdict(history, r(0, S1, 3, 4), GRACE, both)
     assert v is not None
     assert f"{STALE} grew by 3 since 2029-12-31T11:00:00Z" in v and f"{LEGACY} grew by 3" in v
     assert "within the last grace-period, 1d" in v
-    # extend-token-expiration=false: stale tokens cannot exist; legacy ones still count
-    assert tm.verdict(history, r(0, S1, 3, 1), GRACE, tm.watched(False)) is None
-    assert "cannot tell" in (tm.verdict([], tm.Reading(T0, S1, {}), GRACE, tm.watched(None)) or "")
-    unknown = tm.verdict([], r(0, S1, 5), GRACE, tm.watched(None))
+    # only the stale counter gates: legacy growth alone holds nothing (the Secret scan names the key instead)
+    assert tm.verdict(history, r(0, S1, 0, 4), GRACE, tm.GATING) is None
+    assert "cannot tell" in (tm.verdict([], tm.Reading(T0, S1, {}), GRACE, tm.GATING) or "")
+    unknown = tm.verdict([], r(0, S1, 5), GRACE, tm.GATING)
     assert unknown is not None and "next attempt can tell" in unknown
 
 

@@ -6,10 +6,12 @@ import datetime as dt
 import json
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 from idnode import IdNode, wait_until
-from oidc_issuer import IssuerServer
+from k3semu.harness import EmulatedServer
+from oidc_issuer import IssuerServer, TestCA
 
 
 def _records(text: str) -> list[dict[str, Any]]:
@@ -50,7 +52,7 @@ def test_promote_waits_until_the_issuer_lists_the_new_kid(id_node: IdNode, publi
 def test_stale_jwks_is_not_refetched_before_max_age_and_promote_waits_out_cached_copies(
     id_node: IdNode, public_issuer: IssuerServer
 ) -> None:
-    max_age = 2
+    max_age = 5  # the hold must outlast a `status` call under load (about 2 s)
     public_issuer.publish(id_node.cluster_jwks(), cache_control=f"public, max-age={max_age}")
     id_node.start_bg("rotate-now")
     wait_until(lambda: "does not list kid" in id_node.status_text(), what="the wait")
@@ -122,23 +124,52 @@ def test_wrong_content_type_is_not_accepted(id_node: IdNode, public_issuer: Issu
 
 
 def test_issuer_override_and_verify_issuer_settings(plain_node: IdNode, public_issuer: IssuerServer, test_ca) -> None:
-    """The in-cluster default issuer is not checked (auto); verify-issuer true without a URL is a config error
-    before anything changes; oidc-issuer-url names an issuer to check even when K3s's is in-cluster."""
+    """The in-cluster default issuer is not checked (auto); verify-issuer true checks even that one, and waits;
+    oidc-issuer-url names an issuer to check even when K3s's is in-cluster."""
     node = plain_node
+    assert "not checked before promote: https://kubernetes.default.svc" in node.status_text()
     node.write_config(verify_issuer="true")
-    proc = node.k3srotd("rotate-now")
-    assert proc.returncode == 2, proc.stderr
-    assert "verify-issuer" in proc.stderr and "oidc-issuer-url" in proc.stderr
-    assert node.status()["phase"] == "idle"
+    node.start_bg("rotate-now")
+    wait_until(lambda: "https://kubernetes.default.svc.cluster.local cannot be checked" in node.status_text())
+    node.stop_bg()
 
     node.write_config(verify_issuer="auto")
     node.env["SSL_CERT_FILE"] = str(test_ca.ca_file)
     public_issuer.discovery_issuer = "https://kubernetes.default.svc.cluster.local"
     node.write_config(oidc_issuer_url=public_issuer.issuer)
     node.start_bg("rotate-now")
-    text = wait_until(lambda: "cannot be checked" in (t := node.status_text()) and t, what="status")
-    assert "must match service-account-issuer exactly" in text
+    text = wait_until(lambda: "must match service-account-issuer" in (t := node.status_text()) and t, what="status")
+    assert f"the public issuer {public_issuer.issuer} cannot be checked" in text
     node.stop_bg()
     node.write_config(verify_issuer="false")
     node.ok("rotate-now")
     assert node.status()["phase"] == "promoted"
+
+
+def test_the_issuer_comes_from_the_cluster_however_k3s_was_configured(
+    tmp_path: Path, test_ca: TestCA, public_issuer: IssuerServer
+) -> None:
+    """The issuer set as a flag on K3s's command line (the installer's INSTALL_K3S_EXEC), not in any config file
+    k3srotd reads: read from the cluster's discovery document, it is checked, and promote waits for it."""
+    server = EmulatedServer(
+        tmp_path / "k3s",
+        config_file=tmp_path / "k3s-config.yaml",
+        extra_args=[f"--kube-apiserver-arg=service-account-issuer={public_issuer.issuer}"],
+    )
+    (tmp_path / "k3s-config.yaml").write_text("")
+    node = IdNode(tmp_path, server, env={"SSL_CERT_FILE": str(test_ca.ca_file)})
+    server.start()
+    try:
+        assert node.status_text().splitlines()[3:] and f"issuer         {public_issuer.issuer}" in node.status_text()
+        node.start_bg("rotate-now")
+        wait_until(lambda: "does not list kid" in node.status_text(), what="the wait for the public issuer")
+        public_issuer.publish(node.cluster_jwks())
+        done = node.wait_bg()
+        assert done.returncode == 0, done.stderr
+        assert node.status()["phase"] == "promoted"
+        doctor = node.k3srotd("doctor").stdout
+        assert f"PASS  public issuer: {public_issuer.issuer} reachable" in doctor
+    finally:
+        if node.bg is not None and node.bg.poll() is None:
+            node.stop_bg()
+        server.stop()

@@ -1,11 +1,21 @@
-"""Token probes around restarts and the prune gate on token counters, through the CLI against the emulator."""
+"""Token probes around restarts, the prune gate on the stale-token counter (in-process against the emulator, with
+K3s's token settings as given) and doctor's lines, through the CLI against the emulator."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import json
 import time
+from typing import Any
 
 from idnode import IdNode, wait_until
+from test_identity_gates import Log
+
+from k3srotd import config
+from k3srotd.config import Config
+from k3srotd.identity import gates
+from k3srotd.node.k3s import K3s
 
 PROBE_LABELS = {"app.kubernetes.io/managed-by": "k3srotd"}
 
@@ -68,42 +78,58 @@ def test_probe_catches_tokens_naming_another_kid_in_a_direct_rotation(plain_node
     assert "eyJ" not in "\n".join(node.logs)
 
 
-def test_prune_is_delayed_while_stale_tokens_grow_and_force_overrides(plain_node: IdNode) -> None:
+def _cfg(node: IdNode, **k3s: Any) -> Config:
+    """k3srotd's config as the CLI loads it, with K3s's token settings replaced (in-process gate checks)."""
+    cfg = config.load(str(node.config))
+    return dataclasses.replace(cfg, k3s=dataclasses.replace(cfg.k3s, **k3s))
+
+
+def test_the_stale_counter_holds_a_prune_only_where_the_settings_give_no_proof(plain_node: IdNode) -> None:
     node = plain_node
-    node.write_config(grace_period="2s")
     node.ok("rotate-now")
     old = [k["kid"] for k in node.status()["keys"] if k["role"] == "verify"]
-    time.sleep(2.2)  # the grace-period has passed
-    node.server.add_token_uses(stale=5)
-    proc = node.k3srotd("prune")
-    assert proc.returncode == 3, proc.stderr
-    line = proc.stderr.strip().splitlines()[-1]
-    assert "prune delayed" in line and "serviceaccount_stale_tokens_total grew by 5" in line, line
-    assert "`prune --force` overrides" in line
-    assert node.server.jwks_kids()[1:] == old
-    text = node.status_text()
-    assert "prune delayed" in text and "grew by 5" in text
-    assert "service-account-extend-token-expiration=false" in text  # what would make the prune safe on time
+    node.server.add_token_uses(stale=5, legacy=7)
+    log, now = Log(), dt.datetime.now(dt.timezone.utc)
+    # a max expiration, but extend-token-expiration not false (upstream's default): the counter gates
+    counter = _cfg(node, max_token_expiration=dt.timedelta(hours=1))
+    r = gates.prune_gate(counter, K3s(counter), log, old, now)
+    assert r is not None and "serviceaccount_stale_tokens_total grew by 5" in r, r
+    assert "legacy" not in r  # the legacy counters no longer gate
+    assert "service-account-extend-token-expiration=false" in r  # what turns it into proof
+    assert log.records[-1][1] == "prune.delayed" and log.records[-1][2]["kids"] == old
+    # extend=false and max expiration within the grace-period: proof, the counter does not matter
+    proof = _cfg(node, max_token_expiration=dt.timedelta(hours=1), extend_token_expiration=False)
+    assert gates.prune_gate(proof, K3s(proof), log, old, now) is None
+    # no max expiration (K3s's default): no proof and no counter; the prune goes, with a warning
+    assert gates.prune_gate(_cfg(node), K3s(counter), log, old, now) is None
+    assert "no service-account-max-token-expiration" in (gates.token_lifetime_warning(_cfg(node), "prune") or "")
 
-    proc = node.k3srotd("prune", "--force", "--yes")
+    node.write_config(grace_period="1s")
+    time.sleep(1.2)
+    proc = node.k3srotd("prune")
     assert proc.returncode == 0, proc.stderr
+    assert "no service-account-max-token-expiration" in proc.stderr  # true of this setup: said
+    assert "raise grace-period (1s) to at least 1h" in proc.stderr  # advice kube-apiserver accepts
     assert node.server.jwks_kids() == [node.signing_kid()]
-    assert "prune delayed" not in node.status_text()
 
 
-def test_prune_goes_at_a_later_attempt_once_the_counters_stopped_growing(plain_node: IdNode) -> None:
-    """The growth happened early in the window: the first attempt cannot tell it apart and waits; the reading it
-    keeps lets the next attempt, a grace-period later, see no growth."""
+def test_a_prune_held_by_the_counter_goes_at_a_later_attempt_once_it_stopped_growing(plain_node: IdNode) -> None:
+    """The counter grew within the window: the attempt waits; the reading it keeps lets the next attempt, a
+    grace-period later, see no growth."""
     node = plain_node
-    node.write_config(grace_period="2s")
     node.ok("rotate-now")
-    node.server.add_token_uses(legacy=2)
+    old = [k["kid"] for k in node.status()["keys"] if k["role"] == "verify"]
+    node.server.add_token_uses(stale=2)
+    cfg = dataclasses.replace(
+        _cfg(node, max_token_expiration=dt.timedelta(seconds=1)), grace_period=dt.timedelta(seconds=2)
+    )
+    log = Log()
+    r = gates.prune_gate(cfg, K3s(cfg), log, old, dt.datetime.now(dt.timezone.utc))
+    assert r is not None and "serviceaccount_stale_tokens_total grew by 2" in r, r
+    assert "prune delayed" in node.status_text()
     time.sleep(2.2)
-    proc = node.k3srotd("prune")
-    assert proc.returncode == 3 and "serviceaccount_legacy_tokens_total grew by 2" in proc.stderr, proc.stderr
-    time.sleep(2.2)
-    node.ok("prune")
-    assert node.server.jwks_kids() == [node.signing_kid()]
+    assert gates.prune_gate(cfg, K3s(cfg), log, old, dt.datetime.now(dt.timezone.utc)) is None
+    assert log.records[-1][1] == "prune.gate-open"
     history = json.loads((node.state_dir / "token-metrics.json").read_text())["readings"]
     assert history and all(set(r) == {"at", "start", "counters"} for r in history)
 
@@ -115,16 +141,23 @@ def test_doctor_lines(id_node: IdNode, public_issuer) -> None:
     assert out.returncode == 0, out.stdout
     assert any(line.startswith("PASS  public issuer: " + public_issuer.issuer + " reachable") for line in lines)
     assert any(line.startswith("PASS  public issuer consistency: same issuer, the same 1 kid(s)") for line in lines)
-    assert any(line.startswith("PASS  token counters: no stale or legacy token use") for line in lines)
-    assert any(line.startswith("WARN  token lifetime") and "extend-token-expiration=false" in line for line in lines)
+    assert any(line.startswith("PASS  legacy tokens: 0 service-account-token Secret(s)") for line in lines)
+    assert any(line.startswith("WARN  bound tokens: no service-account-max-token-expiration") for line in lines), (
+        lines
+    )  # K3s's default: the setting to add is named
+
+    node.server.add_token_uses(legacy=3)  # reported, never a FAIL or WARN: the Secret scan decides
+    out = node.k3srotd("doctor")
+    assert any(
+        line.startswith("PASS  legacy tokens") and "counted 3 legacy token use(s)" in line
+        for line in out.stdout.splitlines()
+    ), out.stdout
 
     public_issuer.publish({"keys": []})  # the public issuer lost the signer
-    node.server.add_token_uses(stale=1)
     out = node.k3srotd("doctor")
     assert out.returncode == 1
     lines = out.stdout.splitlines()
     assert any(line.startswith("FAIL  public issuer consistency") and "lacks the signer" in line for line in lines)
-    assert any(line.startswith("WARN  token counters") and "grew by 1" in line for line in lines)
 
     public_issuer.stop()
     out = node.k3srotd("doctor")

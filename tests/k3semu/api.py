@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime
 import http.server
 import json
 import re
 import secrets
 import socket
 import sys
-import time
 import traceback
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import VERSION, certs, faults, identity, jwt, keys, log, objects
+from . import VERSION, certs, faults, identity, join, jwt, keys, log, nodes, objects, tokens
+from . import secrets as sa_secrets
 from .bootstrap import Datastore
 
 
@@ -62,6 +61,7 @@ _TOKEN_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/serviceaccounts/([^/]+)/t
 _SA_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/serviceaccounts(?:/([^/]+))?$")
 _LEASE_PATH = re.compile(r"^/apis/coordination\.k8s\.io/v1/namespaces/([^/]+)/leases(?:/([^/]+))?$")
 _NODE_PATH = re.compile(r"^/api/v1/nodes(?:/([^/]+))?$")
+_CACHE = {"Cache-Control": "public, max-age=3600"}  # pkg/routes/openidmetadata.go cacheControl
 _OPEN_API = ("/readyz", "/livez", "/healthz", "/version", "/openid/v1/jwks", "/.well-known/openid-configuration")
 
 
@@ -135,7 +135,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if auth.startswith("Bearer "):
             st = self.state
             try:
-                claims = jwt.verify(auth[7:].strip(), st.public_keys, st.issuers, st.api_audiences)
+                claims = tokens.authenticate(st, auth[7:].strip(), st.api_audiences)
             except jwt.TokenError:
                 return None
             ns = claims.get("kubernetes.io", {}).get("namespace", "")
@@ -192,6 +192,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if not ok:
             self._body()
             self._send(401, status_body(401, "Unauthorized", "Unauthorized"))
+            return
+        if path == "/v1-k3s/server-bootstrap" and self.command == "GET":
+            st = self.state
+            peer = f"{self.client_address[0]}:{self.client_address[1]}"
+            self._send(200, join.serve(VERSION, st.server_dir, st.datastore, peer))
             return
         if path != "/v1-k3s/cert/cacerts":
             self._body()
@@ -252,9 +257,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             major, minor = VERSION.lstrip("v").split(".")[:2]
             info = {"major": major, "minor": minor, "gitVersion": VERSION, "platform": "linux/amd64"}
             self._send(200, json.dumps(info).encode())
+        elif path in ("/openid/v1/jwks", "/.well-known/openid-configuration") and not self._discovery():
+            self._send(404, status_body(404, "NotFound", "the server could not find the requested resource", {}))
         elif self.command == "GET" and path == "/openid/v1/jwks":
             doc = {"keys": [keys.jwk(k) for k in st.public_keys]}
-            self._send(200, json.dumps(doc).encode(), "application/jwk-set+json")
+            self._send(200, json.dumps(doc).encode(), "application/jwk-set+json", _CACHE)
         elif self.command == "GET" and path == "/.well-known/openid-configuration":
             algs = sorted({keys.algorithm(k) for k in st.public_keys})
             doc = {
@@ -264,7 +271,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 "subject_types_supported": ["public"],
                 "id_token_signing_alg_values_supported": algs,
             }
-            self._send(200, json.dumps(doc).encode())
+            self._send(200, json.dumps(doc).encode(), headers=_CACHE)
         elif path in _OPEN_API:
             self._send(
                 405,
@@ -278,9 +285,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         elif self.command == "POST" and _TOKEN_PATH.match(path):
             m = _TOKEN_PATH.match(path)
             assert m is not None
-            self._token_request(m.group(1), m.group(2), body)
+            self._send(*tokens.token_request(st, m.group(1), m.group(2), body))
         elif self.command == "POST" and path == "/apis/authentication.k8s.io/v1/tokenreviews":
-            self._token_review(body)
+            self._send(*tokens.token_review(st, body))
         elif self.command == "GET" and path == "/metrics":
             text = identity.metrics_text(st.data_dir, float(st.extra.get("started", 0)))
             self._send(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
@@ -290,8 +297,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._service_accounts(m.group(1), m.group(2), body)
         elif _LEASE_PATH.match(path) or _NODE_PATH.match(path):
             self._objects(path, query, body)
+        elif sa_secrets.owns(path):  # Secrets and the token controller: secrets.py
+            self._send(*sa_secrets.serve(st, self.command, path, query, body))
         else:
             self._send(404, status_body(404, "NotFound", "the server could not find the requested resource", {}))
+
+    def _discovery(self) -> bool:
+        """kube-apiserver installs the discovery endpoints only when serviceaccount.NewOpenIDMetadata succeeds:
+        an https issuer, and a JWK for every key (pkg/serviceaccount/openidmetadata.go; otherwise "Endpoints will
+        not be enabled", pkg/controlplane/apiserver/config.go)."""
+        st = self.state
+        if urllib.parse.urlsplit(st.issuers[0]).scheme != "https":
+            return False
+        try:
+            for k in st.public_keys:
+                keys.algorithm(k)
+        except keys.KeyFileError:
+            return False
+        return True
 
     def _service_accounts(self, ns: str, name: Optional[str], raw: bytes) -> None:
         store = self.state.datastore.directory
@@ -333,10 +356,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         node = _NODE_PATH.match(path)
         lease = _LEASE_PATH.match(path)
         if node and self.command == "GET":
+            grace = float(self.state.extra.get("node_grace", nodes.DEFAULT_GRACE))
             if node.group(1):
-                code, obj = objects.get_node(store, node.group(1))
+                code, obj = nodes.get_node(store, node.group(1), grace)
             else:
-                code, obj = 200, objects.list_nodes(store, (query.get("labelSelector") or [""])[0])
+                code, obj = 200, nodes.list_nodes(store, (query.get("labelSelector") or [""])[0], grace)
         elif lease and lease.group(2) is None and self.command == "GET":
             code, obj = 200, objects.list_leases(store, lease.group(1))
         elif lease and lease.group(2) is None and self.command == "POST":
@@ -354,72 +378,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._send(code, json.dumps(obj).encode())
         else:
             self._send(code, status_body(code, obj["reason"], obj["message"], obj.get("details")))
-
-    def _token_request(self, ns: str, name: str, raw: bytes) -> None:
-        st = self.state
-        try:
-            req = json.loads(raw or b"{}")
-        except ValueError:
-            req = None
-        spec = req.get("spec", {}) if isinstance(req, dict) else {}
-        audiences = list(spec.get("audiences") or st.api_audiences)
-        seconds = int(spec.get("expirationSeconds") or 3600)
-        if seconds < 600:
-            msg = (
-                f'TokenRequest.authentication.k8s.io "{name}" is invalid: spec.expirationSeconds: '
-                f"Invalid value: {seconds}: may not specify a duration less than 10 minutes"
-            )
-            self._send(422, status_body(422, "Invalid", msg))
-            return
-        if st.max_expiration and seconds > st.max_expiration:
-            seconds = st.max_expiration
-        now = time.time()
-        claims = jwt.service_account_claims(st.issuers[0], ns, name, audiences, seconds, now)
-        token = identity.tamper(st.data_dir, jwt.sign(st.signer, claims), st.public_keys, st.extra)
-        expires = datetime.datetime.fromtimestamp(claims["exp"], datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        doc = {
-            "kind": "TokenRequest",
-            "apiVersion": "authentication.k8s.io/v1",
-            "metadata": {"name": name, "namespace": ns, "creationTimestamp": None},
-            "spec": {"audiences": audiences, "expirationSeconds": seconds, "boundObjectRef": None},
-            "status": {"token": token, "expirationTimestamp": expires},
-        }
-        self._send(201, json.dumps(doc).encode())
-
-    def _token_review(self, raw: bytes) -> None:
-        st = self.state
-        try:
-            req = json.loads(raw or b"{}")
-        except ValueError:
-            req = None
-        spec = req.get("spec", {}) if isinstance(req, dict) else {}
-        wanted = list(spec.get("audiences") or st.api_audiences)
-        status: Dict[str, Any]
-        try:
-            claims = jwt.verify(str(spec.get("token", "")), st.public_keys, st.issuers, wanted)
-            aud = claims.get("aud", [])
-            aud = [aud] if isinstance(aud, str) else aud
-            ns = claims.get("kubernetes.io", {}).get("namespace", "")
-            sa_uid = claims.get("kubernetes.io", {}).get("serviceaccount", {}).get("uid", "")
-            status = {
-                "authenticated": True,
-                "user": {
-                    "username": claims["sub"],
-                    "uid": sa_uid,
-                    "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns}", "system:authenticated"],
-                },
-                "audiences": [a for a in wanted if a in aud],
-            }
-        except jwt.TokenError as exc:
-            status = {"authenticated": False, "user": {}, "error": f"[{exc}, token lookup failed]"}
-        doc = {
-            "kind": "TokenReview",
-            "apiVersion": "authentication.k8s.io/v1",
-            "metadata": {"creationTimestamp": None},
-            "spec": spec,
-            "status": status,
-        }
-        self._send(201, json.dumps(doc).encode())
 
 
 class HTTPSServer(http.server.ThreadingHTTPServer):

@@ -9,6 +9,9 @@ Sources: the control file `<data-dir>/emulator/faults.json` and the environment 
                               decremented in the file; in K3SEMU_FAULTS it is on every time)
     false / null / 0          off
 
+start_stale: the next start keeps the key set on its own disk instead of the datastore's (a joining server
+before K3s PR #11844 reconciled from its join peer's disk, not the datastore; FACTS.md "HA bootstrap").
+
 Extra keys: slow_start {"seconds": S}; no_come_back {"mode": "hang" | "exit"} (default hang).
 bad_tokens (see identity.py) is read with `peek`, never used up.
 """
@@ -31,6 +34,7 @@ NAMES = (
     "datastore_write_fail",
     "bad_tokens",
     "reply_lost",
+    "start_stale",
 )
 ENV = "K3SEMU_FAULTS"
 

@@ -17,14 +17,12 @@ import atexit
 import contextlib
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from . import faults as _faults
 from . import identity as _identity
@@ -32,47 +30,15 @@ from . import keys as _keys
 from . import objects as _objects
 from .bootstrap import Datastore, File
 from .client import KubeClient
+from .env import BIN_DIR, free_port, subprocess_env
 from .restart import alive, is_server_of, read_pid
 
-BIN_DIR = Path(__file__).resolve().parent / "bin"
 K3S_BIN = BIN_DIR / "k3s"
 K3S_RESTART_BIN = BIN_DIR / "k3s-restart"
 PathLike = Union[str, "os.PathLike[str]"]
 
 kid_of = _keys.kid_of
 public_keys = _keys.public_keys
-
-
-def subprocess_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
-    """The environment for running the emulator's scripts: this interpreter's directory first on PATH
-    (the scripts run `#!/usr/bin/env python3` and need cryptography and PyYAML) and the emulator on PATH."""
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), str(BIN_DIR), env.get("PATH", "")])
-    env.pop("NOTIFY_SOCKET", None)
-    env.update(extra or {})
-    return env
-
-
-PORT_BAND = 1500  # ports per pytest-xdist worker, below the kernel's ephemeral range (32768 and up)
-_next_port = [random.randrange(PORT_BAND)]
-
-
-def free_port() -> int:
-    """A free loopback port for a test server. Not one the kernel hands out (bind to 0 gives a port any other
-    process's next outgoing connection, or another worker's server, may take before ours binds it), but one
-    from this worker's own band below the ephemeral range, checked free."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
-    base = 20000 + (int(worker) % 8 if worker.isdigit() else 0) * PORT_BAND
-    for _ in range(PORT_BAND):
-        port = base + _next_port[0] % PORT_BAND
-        _next_port[0] += 1
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise ServerError(f"no free port in {base}..{base + PORT_BAND - 1}")
 
 
 class ServerError(RuntimeError):
@@ -322,6 +288,9 @@ class EmulatedServer:
     def request_token(
         self, namespace: str, name: str, audiences: Optional[List[str]] = None, expiration_seconds: Optional[int] = None
     ) -> str:
+        """A token for namespace/name, creating the ServiceAccount first if it is missing (as a user would:
+        TokenRequest for a missing ServiceAccount is 404)."""
+        self.ensure_service_account(namespace, name)
         spec: Dict[str, Any] = {}
         if audiences:
             spec["audiences"] = audiences
@@ -330,6 +299,16 @@ class EmulatedServer:
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
         doc = self.client().json("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token", body)
         return str(doc["status"]["token"])
+
+    def ensure_service_account(self, namespace: str, name: str) -> Dict[str, Any]:
+        path = f"/api/v1/namespaces/{namespace}/serviceaccounts"
+        status, _, data = self.client().request("GET", f"{path}/{name}")
+        if status == 200:
+            return dict(json.loads(data))
+        status, _, data = self.client().request("POST", path, {"metadata": {"name": name}})
+        if status not in (201, 409):
+            raise ServerError(f"POST {path}: HTTP {status}: {data.decode(errors='replace')}")
+        return dict(self.client().json("GET", f"{path}/{name}"))
 
     def review_token(self, token: str, audiences: Optional[List[str]] = None) -> Dict[str, Any]:
         spec: Dict[str, Any] = {"token": token}
@@ -395,46 +374,6 @@ def token_kid(token: str) -> str:
     return str(header["kid"])
 
 
-class EmulatedCluster:
-    """n servers on loopback sharing one datastore folder, each with its own data dir and port."""
-
-    def __init__(self, n: int, tmpdir: PathLike, config_file: Optional[PathLike] = None) -> None:
-        base = Path(tmpdir)
-        self.datastore = base / "datastore"
-        self.servers = [
-            EmulatedServer(
-                base / f"server-{i}", datastore=self.datastore, config_file=config_file, node_name=f"server-{i}"
-            )
-            for i in range(n)
-        ]
-
-    def start(self, timeout: float = 30) -> EmulatedCluster:
-        for srv in self.servers:
-            srv.start(wait=False)
-        for srv in self.servers:
-            srv.wait_ready(timeout)
-        return self
-
-    def stop(self) -> None:
-        for srv in self.servers:
-            srv.stop()
-
-    def __iter__(self) -> Iterator[EmulatedServer]:
-        return iter(self.servers)
-
-    def __getitem__(self, i: int) -> EmulatedServer:
-        return self.servers[i]
-
-    def __len__(self) -> int:
-        return len(self.servers)
-
-    def __enter__(self) -> EmulatedCluster:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
-
 def stop_all() -> None:
     while _RUNNING:
         srv = _RUNNING.pop()
@@ -445,3 +384,8 @@ def stop_all() -> None:
 
 
 atexit.register(stop_all)
+
+# EmulatedCluster lives in cluster.py (this module's size); importable from here as before
+from .cluster import EmulatedCluster  # noqa: E402
+
+__all__ = ["EmulatedCluster", "EmulatedServer", "kid_of", "public_keys", "subprocess_env", "token_kid"]

@@ -2,8 +2,10 @@
 of /metrics, and a fault that makes newly issued tokens fail verification.
 
 - ServiceAccounts: `GET/POST /api/v1/namespaces/NS/serviceaccounts[/NAME]`, stored in
-  `<datastore>/serviceaccounts.json` (shared by a cluster's servers, kept across restarts). TokenRequest does not
-  require the ServiceAccount to exist (kube-apiserver does; the emulator's older tests rely on that).
+  `<datastore>/serviceaccounts.json` (shared by a cluster's servers, kept across restarts), each with a fresh
+  uid. kube-controller-manager's serviceaccounts controller creates `default` in every namespace
+  (pkg/controller/serviceaccount/serviceaccounts_controller.go); the emulator does so at start for the
+  namespaces K3s has from the start. TokenRequest and TokenReview need the ServiceAccount (api.py).
 - Counters: `<data-dir>/emulator/token-counters.json`, e.g. `{"serviceaccount_stale_tokens_total": 3}`. A test
   raises them (`add_counters`, or `EmulatedServer.add_token_uses`); /metrics serves them with
   `process_start_time_seconds`; every server start sets them back to 0, as a restarted kube-apiserver does.
@@ -144,7 +146,7 @@ def create_sa(store_dir: str, namespace: str, body: Dict[str, Any]) -> Tuple[int
             "metadata": {
                 "name": name,
                 "namespace": namespace,
-                "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"serviceaccount/{namespace}/{name}")),
+                "uid": str(uuid.uuid4()),
                 "resourceVersion": str(len(objs) + 1),
                 "creationTimestamp": now,
                 "labels": {str(k): str(v) for k, v in labels.items()},
@@ -153,6 +155,12 @@ def create_sa(store_dir: str, namespace: str, body: Dict[str, Any]) -> Tuple[int
         objs[key] = obj
         _write(_sa_path(store_dir), objs)
     return 201, obj
+
+
+def ensure_default_service_accounts(store_dir: str) -> None:
+    for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
+        if get_sa(store_dir, ns, "default") is None:
+            create_sa(store_dir, ns, {"metadata": {"name": "default"}})
 
 
 # ----- fault bad_tokens

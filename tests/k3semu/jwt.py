@@ -16,6 +16,7 @@ from .keys import PrivateKey, PublicKey, algorithm, b64url, b64url_decode, kid_o
 
 _HASH = {"RS256": hashes.SHA256, "ES256": hashes.SHA256, "ES384": hashes.SHA384, "ES512": hashes.SHA512}
 _EC_SIZE = {"ES256": 32, "ES384": 48, "ES512": 66}
+LEEWAY = 60
 
 
 class TokenError(ValueError):
@@ -105,11 +106,14 @@ def verify(
     signing_input = (parts[0] + "." + parts[1]).encode()
     if not any(_verify_one(pub, alg, signing_input, sig) for pub in keys):
         raise TokenError("invalid bearer token, square/go-jose: error in cryptographic primitive")
+    # go-jose's Claims.Validate with DefaultLeeway (1 minute), as pkg/serviceaccount/claims.go calls it
     t = time.time() if now is None else now
-    if "exp" in claims and t > float(claims["exp"]):
+    if "exp" in claims and t - LEEWAY > float(claims["exp"]):
         raise TokenError("invalid bearer token, service account token has expired")
-    if "nbf" in claims and t + 60 < float(claims["nbf"]):
+    if "nbf" in claims and t + LEEWAY < float(claims["nbf"]):
         raise TokenError("invalid bearer token, service account token is not valid yet")
+    if "iat" in claims and t + LEEWAY < float(claims["iat"]):
+        raise TokenError("invalid bearer token, service account token is issued in the future")
     aud = claims.get("aud", [])
     aud_list: List[str] = [aud] if isinstance(aud, str) else list(aud)
     if not set(aud_list) & set(audiences):

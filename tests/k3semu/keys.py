@@ -2,10 +2,14 @@
 
 - `pem_blocks` splits PEM data like Go's pem.Decode: text outside blocks is skipped, CRLF is accepted,
   blocks with headers are kept (their bytes will not parse as keys).
-- `public_keys` is keyutil.ParsePublicKeysPEM: every block is tried as an RSA/EC private key (PKCS#1, PKCS#8,
-  SEC1), then as a public key (PKIX) or certificate; other blocks are tolerated; no key at all is an error.
-- `first_private_key` is keyutil.ParsePrivateKeyPEM: the first block whose TYPE matches its encoding
-  (`RSA PRIVATE KEY` = PKCS#1, `EC PRIVATE KEY` = SEC1, `PRIVATE KEY` = PKCS#8) and parses.
+- `public_keys` is keyutil.ParsePublicKeysPEM (client-go util/keyutil/key.go): every block, whatever its label,
+  is tried as an RSA private key (PKCS#1, or PKCS#8 holding RSA), an RSA public key (PKIX or certificate), an EC
+  private key (SEC1 ONLY), an EC public key (PKIX or certificate); other blocks are tolerated (skipped); no key
+  at all is an error. So a PKCS#8 EC key and a PKCS#1 `RSA PUBLIC KEY` are skipped.
+- `first_private_key` is keyutil.ParsePrivateKeyPEM: the first block whose LABEL's parser succeeds
+  (`RSA PRIVATE KEY` = PKCS#1, `EC PRIVATE KEY` = SEC1, `PRIVATE KEY` = PKCS#8).
+- Go's crypto/x509 refuses what goasn1.py lists (RSA-PSS, curves other than P-224/256/384/521, explicit
+  parameters), though Python's cryptography may load them.
 """
 
 from __future__ import annotations
@@ -20,9 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple, Union
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import NameOID
+
+from . import goasn1
 
 PublicKey = Union[rsa.RSAPublicKey, ec.EllipticCurvePublicKey]
 PrivateKey = Union[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey]
@@ -71,78 +78,82 @@ def pem_blocks(data: bytes) -> List[PemBlock]:
         pos = end + len(end_marker)
 
 
-def der_private_kind(der: bytes) -> Optional[str]:
-    """'pkcs1', 'pkcs8' or 'sec1' from the ASN.1 shape: SEQUENCE { INTEGER version, <next> ... }."""
-
-    def header(buf: bytes, i: int) -> Tuple[int, int, int]:
-        tag = buf[i]
-        length = buf[i + 1]
-        i += 2
-        if length & 0x80:
-            n = length & 0x7F
-            length = int.from_bytes(buf[i : i + n], "big")
-            i += n
-        return tag, length, i
-
-    try:
-        tag, _, i = header(der, 0)
-        if tag != 0x30:
-            return None
-        tag, length, i = header(der, i)
-        if tag != 0x02:
-            return None
-        nxt = der[i + length]
-    except IndexError:
-        return None
-    return {0x02: "pkcs1", 0x30: "pkcs8", 0x04: "sec1"}.get(nxt)
-
-
 @functools.lru_cache(maxsize=64)
 def _load_private(der: bytes) -> Optional[PrivateKey]:
     try:
         key = serialization.load_der_private_key(der, password=None)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         return None
-    if isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
-        return key
+    if isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)):
+        return key  # type: ignore[return-value]
     return None
 
 
 @functools.lru_cache(maxsize=64)
-def _load_public(der: bytes) -> Optional[PublicKey]:
+def _load_spki(der: bytes) -> Optional[PublicKey]:
     try:
         pub: Any = serialization.load_der_public_key(der)
-    except (ValueError, TypeError):
-        try:
-            pub = x509.load_der_x509_certificate(der).public_key()
-        except ValueError:
-            return None
-    if isinstance(pub, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
-        return pub
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return None
+    return pub if isinstance(pub, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)) else None
+
+
+def _rsa_private(der: bytes) -> Optional[PrivateKey]:
+    """keyutil parseRSAPrivateKey: x509.ParsePKCS1PrivateKey, else ParsePKCS8PrivateKey holding RSA."""
+    if goasn1.pkcs1_private(der) or goasn1.pkcs8_kind(der) == "rsa":
+        key = _load_private(der)
+        return key if isinstance(key, rsa.RSAPrivateKey) else None
     return None
 
 
+def _ec_private(der: bytes) -> Optional[PrivateKey]:
+    """keyutil parseECPrivateKey: x509.ParseECPrivateKey, SEC1 only, named Go curves only."""
+    if goasn1.sec1_private(der):
+        key = _load_private(der)
+        return key if isinstance(key, ec.EllipticCurvePrivateKey) else None
+    return None
+
+
+def _public(der: bytes, kind: str) -> Optional[PublicKey]:
+    """keyutil parseRSAPublicKey / parseECPublicKey: x509.ParsePKIXPublicKey, else x509.ParseCertificate's key."""
+    spki = der if goasn1.spki_kind(der) else goasn1.certificate_spki(der)
+    found = goasn1.spki_kind(spki) if spki else None
+    if spki is None or found is None or not found.startswith(kind):
+        return None
+    return _load_spki(spki)
+
+
 def public_keys(data: bytes) -> List[PublicKey]:
+    """keyutil.ParsePublicKeysPEM: by CONTENT, whatever the label; blocks no parser takes are skipped."""
     keys: List[PublicKey] = []
     for block in pem_blocks(data):
-        if der_private_kind(block.der):
-            priv = _load_private(block.der)
-            if priv is not None:
-                keys.append(priv.public_key())
-                continue
-        pub = _load_public(block.der)
-        if pub is not None:
-            keys.append(pub)
+        for parse in (
+            lambda d: _rsa_private(d),
+            lambda d: _public(d, "rsa"),
+            lambda d: _ec_private(d),
+            lambda d: _public(d, "ec"),
+        ):
+            found = parse(block.der)
+            if found is not None:
+                keys.append(found.public_key() if hasattr(found, "private_bytes") else found)  # type: ignore[union-attr]
+                break
     if not keys:
         raise KeyFileError("data does not contain any valid RSA or ECDSA public keys")
     return keys
 
 
 def first_private_key(data: bytes) -> PrivateKey:
-    want = {"RSA PRIVATE KEY": "pkcs1", "EC PRIVATE KEY": "sec1", "PRIVATE KEY": "pkcs8"}
+    """keyutil.ParsePrivateKeyPEM: by LABEL; the first block whose parser for that label succeeds. A PKCS#8
+    Ed25519 key is returned too (x509.ParsePKCS8PrivateKey accepts it); marshal_private_key then refuses it."""
     for block in pem_blocks(data):
-        if want.get(block.type) and der_private_kind(block.der) == want[block.type]:
-            key = _load_private(block.der)
+        der = block.der
+        ok = (
+            (block.type == "RSA PRIVATE KEY" and goasn1.pkcs1_private(der))
+            or (block.type == "EC PRIVATE KEY" and goasn1.sec1_private(der) is not None)
+            or (block.type == "PRIVATE KEY" and goasn1.pkcs8_kind(der) is not None)
+        )
+        if ok:
+            key = _load_private(der)
             if key is not None:
                 return key
     raise KeyFileError("data does not contain a valid RSA or ECDSA private key")
@@ -150,6 +161,8 @@ def first_private_key(data: bytes) -> PrivateKey:
 
 def marshal_private_key(key: PrivateKey) -> bytes:
     """PKCS#1 `RSA PRIVATE KEY` or SEC1 `EC PRIVATE KEY`, as keyutil.MarshalPrivateKeyToPEM."""
+    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
+        raise KeyFileError("private key is not a recognized type: " + type(key).__name__)
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.TraditionalOpenSSL,
@@ -186,8 +199,11 @@ _EC_ALG = {
 
 
 def algorithm(pub: PublicKey) -> str:
+    """pkg/serviceaccount/jwt.go and openidmetadata.go algorithmFromPublicKey: P-224 (which Go parses) has none."""
     if isinstance(pub, rsa.RSAPublicKey):
         return "RS256"
+    if pub.curve.name not in _EC_ALG:
+        raise KeyFileError("unknown private key curve, must be 256, 384, or 521")
     return _EC_ALG[pub.curve.name][1]
 
 
@@ -197,6 +213,7 @@ def jwk(pub: PublicKey) -> dict:
         n = nums.n.to_bytes((nums.n.bit_length() + 7) // 8, "big")
         e = nums.e.to_bytes((nums.e.bit_length() + 7) // 8, "big")
         return {"use": "sig", "kty": "RSA", "kid": kid_of(pub), "alg": "RS256", "n": b64url(n), "e": b64url(e)}
+    algorithm(pub)
     crv, alg, size = _EC_ALG[pub.curve.name]
     en = pub.public_numbers()
     return {
@@ -293,12 +310,23 @@ def new_leaf(
         .not_valid_after(now + datetime.timedelta(days=365))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(_authority_key_id(ca_cert), critical=False)
     )
     sans: List[x509.GeneralName] = [x509.DNSName(d) for d in dns_names]
     sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     return builder.sign(ca_key, hashes.SHA256())
+
+
+def _authority_key_id(ca_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    """The issuer's key id, as Go's x509.CreateCertificate sets it on every certificate a CA signs (the CA's own
+    SubjectKeyId). Python 3.13's ssl (Debian 13) refuses a chain without it: VERIFY_X509_STRICT."""
+    try:
+        ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:  # a CA made elsewhere without one: the id is the hash of its public key
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key())  # type: ignore[arg-type]
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
 
 def signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:

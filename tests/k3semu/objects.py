@@ -9,10 +9,15 @@ the whole store, as etcd's revision.
   True; at a clean shutdown Ready becomes Unknown ("Kubelet stopped posting node status."), as the node
   lifecycle controller says it some 40 s later. A Node is never deleted by the emulator.
   `GET /api/v1/nodes[?labelSelector=...]`, `GET /api/v1/nodes/NAME`.
-- Leases: `GET/POST /apis/coordination.k8s.io/v1/namespaces/NS/leases`, `GET/PUT/DELETE .../leases/NAME`.
-  Optimistic concurrency as kube-apiserver: POST of an existing name is 409 AlreadyExists; PUT whose
-  metadata.resourceVersion is not the stored one is 409 Conflict; PUT without a resourceVersion is an
-  unconditional update; PUT of a missing Lease is 404 (Leases are not created on update).
+- Leases: `GET/POST /apis/coordination.k8s.io/v1/namespaces/NS/leases`, `GET/PUT/DELETE .../leases/NAME`,
+  as kube-apiserver's generic registry (apiserver/pkg/registry/generic/registry/store.go Update) with the lease
+  strategy (pkg/registry/coordination/lease/strategy.go: AllowCreateOnUpdate true, AllowUnconditionalUpdate
+  false): POST of an existing name is 409 AlreadyExists; PUT of a missing Lease creates it (201); PUT without
+  metadata.resourceVersion is 422 "must be specified for an update"; a stale one is 409 Conflict. Names are
+  DNS-1123 subdomains (apimachinery ValidateObjectMeta, 422). renewTime/acquireTime are metav1.MicroTime, decoded
+  with time.Parse(RFC3339Micro): exactly six fractional digits, else the body cannot be decoded (400, as
+  apiserver/pkg/endpoints/handlers transformDecodeError). leaseDurationSeconds > 0 and leaseTransitions >= 0
+  (pkg/apis/coordination/validation).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import datetime
 import fcntl
 import json
 import os
+import re
 import tempfile
 import uuid
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -71,62 +77,7 @@ def _not_found(kind: str, name: str) -> Result:
     return 404, {"reason": "NotFound", "message": f'{kind} "{name}" not found', "details": {"name": name}}
 
 
-# ----- Nodes
-def register_node(store_dir: str, name: str, address: str = "127.0.0.1") -> Dict[str, Any]:
-    """Create or refresh this server's Node (labels as K3s sets them on a server), Ready True."""
-    with _store(store_dir) as data:
-        node = data["nodes"].get(name) or {
-            "kind": "Node",
-            "apiVersion": "v1",
-            "metadata": {
-                "name": name,
-                "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"node/{name}")),
-                "creationTimestamp": _now(),
-            },
-            "spec": {},
-        }
-        labels = node["metadata"].setdefault("labels", {})
-        labels.update(
-            {
-                "kubernetes.io/hostname": name,
-                "kubernetes.io/os": "linux",
-                CONTROL_PLANE: "true",
-                "node-role.kubernetes.io/master": "true",
-                "node-role.kubernetes.io/etcd": "true",
-            }
-        )
-        node["status"] = {
-            "addresses": [{"type": "InternalIP", "address": address}, {"type": "Hostname", "address": name}],
-            "conditions": [_ready("True", "KubeletReady", "kubelet is posting ready status")],
-        }
-        node["metadata"]["resourceVersion"] = _bump(data)
-        data["nodes"][name] = node
-        return dict(node)
-
-
-def node_stopped(store_dir: str, name: str) -> None:
-    """Ready Unknown: the node lifecycle controller's view of a server that stopped."""
-    with _store(store_dir) as data:
-        node = data["nodes"].get(name)
-        if node is None:
-            return
-        node["status"]["conditions"] = [_ready("Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status.")]
-        node["metadata"]["resourceVersion"] = _bump(data)
-
-
-def _ready(status: str, reason: str, message: str) -> Dict[str, Any]:
-    now = _now()
-    return {
-        "type": "Ready",
-        "status": status,
-        "reason": reason,
-        "message": message,
-        "lastHeartbeatTime": now,
-        "lastTransitionTime": now,
-    }
-
-
-def _selected(labels: Dict[str, str], selector: str) -> bool:
+def selected(labels: Dict[str, str], selector: str) -> bool:
     """Equality-based label selectors: `k=v`, `k==v`, `k!=v`, `k`, `!k`, comma-separated (AND)."""
     for term in (t.strip() for t in selector.split(",") if t.strip()):
         if "!=" in term:
@@ -143,19 +94,6 @@ def _selected(labels: Dict[str, str], selector: str) -> bool:
         elif term not in labels:
             return False
     return True
-
-
-def list_nodes(store_dir: str, selector: str = "") -> Dict[str, Any]:
-    with _store(store_dir) as data:
-        items = [n for _, n in sorted(data["nodes"].items()) if _selected(n["metadata"].get("labels", {}), selector)]
-        rv = str(data["revision"])
-    return {"kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": rv}, "items": items}
-
-
-def get_node(store_dir: str, name: str) -> Result:
-    with _store(store_dir) as data:
-        node = data["nodes"].get(name)
-    return (200, node) if node is not None else _not_found("nodes", name)
 
 
 # ----- Leases
@@ -199,8 +137,44 @@ def _clean(ns: str, name: str, body: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
+_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_MICRO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)$")
+_DNS_MSG = (
+    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must "
+    "start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is "
+    "'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+)
+
+
+def bad_name(kind: str, name: str) -> Optional[Result]:
+    """apimachinery validation.IsDNS1123Subdomain, as ValidateObjectMeta applies it: 422."""
+    if len(name) <= 253 and _DNS1123.match(name):
+        return None
+    return 422, {
+        "reason": "Invalid",
+        "message": f'{kind} "{name}" is invalid: metadata.name: Invalid value: "{name}": {_DNS_MSG}',
+        "details": {"name": name, "kind": kind.split(".")[0].lower() + "s"},
+    }
+
+
+def _bad_times(spec: Dict[str, Any]) -> Optional[Result]:
+    for key in ("renewTime", "acquireTime"):
+        value = spec.get(key)
+        if value is not None and not (isinstance(value, str) and _MICRO.match(value)):
+            why = f'parsing time "{value}" as "2006-01-02T15:04:05.000000Z07:00": cannot parse'
+            return 400, {
+                "reason": "BadRequest",
+                "message": f'Lease in version "v1" cannot be handled as a Lease: {why}',
+            }
+    return None
+
+
 def _invalid(body: Dict[str, Any], ns: str, name: Optional[str]) -> Optional[Result]:
     meta = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+    spec = body.get("spec") if isinstance(body.get("spec"), dict) else {}
+    bad = _bad_times(spec)
+    if bad is not None:
+        return bad
     given = meta.get("name")
     if not given:
         return 422, {
@@ -217,13 +191,22 @@ def _invalid(body: Dict[str, Any], ns: str, name: Optional[str]) -> Optional[Res
             "reason": "BadRequest",
             "message": "the namespace of the provided object does not match the namespace sent on the request",
         }
-    spec = body.get("spec") if isinstance(body.get("spec"), dict) else {}
+    bad = bad_name("Lease.coordination.k8s.io", str(given))
+    if bad is not None:
+        return bad
     dur = spec.get("leaseDurationSeconds")
     if dur is not None and (not isinstance(dur, int) or isinstance(dur, bool) or dur <= 0):
         return 422, {
             "reason": "Invalid",
             "message": f'Lease.coordination.k8s.io "{given}" is invalid: spec.leaseDurationSeconds: Invalid value: '
             f"{dur}: must be greater than 0",
+        }
+    moves = spec.get("leaseTransitions")
+    if moves is not None and (not isinstance(moves, int) or moves < 0):
+        return 422, {
+            "reason": "Invalid",
+            "message": f'Lease.coordination.k8s.io "{given}" is invalid: spec.leaseTransitions: Invalid value: '
+            f"{moves}: must be greater than or equal to 0",
         }
     return None
 
@@ -256,10 +239,22 @@ def update_lease(store_dir: str, ns: str, name: str, body: Dict[str, Any]) -> Re
     with _store(store_dir) as data:
         key = _lease_key(ns, name)
         old = data["leases"].get(key)
-        if old is None:
-            return _not_found("leases.coordination.k8s.io", name)
+        if old is None:  # AllowCreateOnUpdate: the update creates it
+            obj = _clean(ns, name, body)
+            obj["metadata"]["uid"] = str(uuid.uuid4())
+            obj["metadata"]["creationTimestamp"] = _now()
+            obj["metadata"]["resourceVersion"] = _bump(data)
+            data["leases"][key] = obj
+            return 201, obj
         rv = body["metadata"].get("resourceVersion")
-        if rv not in (None, "") and str(rv) != old["metadata"]["resourceVersion"]:
+        if rv in (None, "", "0", 0):  # not AllowUnconditionalUpdate
+            return 422, {
+                "reason": "Invalid",
+                "message": f'Lease.coordination.k8s.io "{name}" is invalid: metadata.resourceVersion: Invalid '
+                "value: 0x0: must be specified for an update",
+                "details": {"name": name, "group": "coordination.k8s.io", "kind": "Lease"},
+            }
+        if str(rv) != old["metadata"]["resourceVersion"]:
             return 409, {
                 "reason": "Conflict",
                 "message": f'Operation cannot be fulfilled on leases.coordination.k8s.io "{name}": the object has '

@@ -90,7 +90,7 @@ def start_server(data_dir: str) -> subprocess.Popen:
     # like `systemctl restart`, the new server does not inherit the caller's systemd plumbing
     env = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_ENV and not k.startswith("LISTEN_")}
     try:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [python, *saved["argv"]],
             env=env,
             cwd=saved.get("cwd") or "/",
@@ -101,6 +101,10 @@ def start_server(data_dir: str) -> subprocess.Popen:
         )
     finally:
         log.close()
+    # as systemd knows the MainPID at once: the server writes the same pid when its imports are done
+    with open(os.path.join(emu, "server.pid"), "w") as f:
+        f.write(f"{proc.pid}\n")
+    return proc
 
 
 def wait_ready(data_dir: str, proc: subprocess.Popen, timeout: float) -> Optional[str]:

@@ -11,10 +11,10 @@ import ssl
 import sys
 import threading
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 from urllib.parse import urlsplit
 
-from . import VERSION, api, bootstrap, deps, faults, flags, identity, keys, log, objects
+from . import VERSION, api, apiserverid, bootstrap, deps, faults, flags, identity, join, keys, log, nodes
 
 FLAGS = [
     flags.Flag("data-dir", ("d",), default="/var/lib/rancher/k3s", env="K3S_DATA_DIR"),
@@ -27,7 +27,13 @@ FLAGS = [
     flags.Flag("kube-apiserver-arg", kind="slice"),
     flags.Flag("token", ("t",), env="K3S_TOKEN"),
     flags.Flag("debug", kind="bool", default=False, env="K3S_DEBUG"),
+    flags.Flag("server", ("s",), env="K3S_URL"),  # the join URL (pkg/cli/cmds/server.go ServerURL)
+    flags.Flag("cluster-init", kind="bool", default=False, env="K3S_CLUSTER_INIT"),
+    flags.Flag("disable-agent", kind="bool", default=False),
+    flags.Flag("kube-controller-manager-arg", kind="slice"),
+    flags.Flag("kubelet-arg", kind="slice"),
 ]
+MAX_EXPIRATION_BOUNDS = (3600, 1 << 32)  # pkg/kubeapiserver/options/authentication.go Validate
 DEFAULT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 DEFAULT_AUDIENCES = ["https://kubernetes.default.svc.cluster.local", "k3s"]
 
@@ -157,13 +163,19 @@ def _serve(
     store_dir = values["datastore"] or os.path.join(server_dir, "db")
     store_dir = os.path.abspath(os.path.expanduser(store_dir.replace("file://", "", 1)))
     datastore = bootstrap.Datastore(store_dir)
+    remote = _http_bootstrap(values, server_dir)
 
     with datastore.locked():
         try:
             data = datastore.read()
         except ValueError as exc:
             log.fatal(f"failed to read bootstrap data from datastore: {exc}")
-        if data:
+        if (remote or data) and faults.take(data_dir, "start_stale") is not None:
+            log.info("fault start_stale: this start keeps the key set on its own disk")  # like K3s < #11844
+        elif remote:
+            bootstrap.reconcile(remote, server_dir)
+            log.info("Successfully reconciled with remote datastore")
+        elif data:
             bootstrap.reconcile(data, server_dir)
         deps.gen_bootstrap_files(server_dir, values["token"])
         if not data:
@@ -211,6 +223,14 @@ def _serve(
         crt, key = deps.write_serving_cert(server_dir)
         max_exp = api_args.get("service-account-max-token-expiration", [""])[-1]
         max_expiration = parse_duration(max_exp) if max_exp else None
+        if max_expiration and not MAX_EXPIRATION_BOUNDS[0] <= max_expiration <= MAX_EXPIRATION_BOUNDS[1]:
+            raise ValueError("the service-account-max-token-expiration must be between 1 hour and 2^32 seconds")
+        keys.algorithm(signer.public_key())  # pkg/serviceaccount/jwt.go: the signer needs a JWT algorithm
+        kcm = apiserver_args(values["kube-controller-manager-arg"])
+        grace_arg = kcm.get("node-monitor-grace-period", [""])[-1]
+        grace = float(parse_duration(grace_arg)) if grace_arg else nodes.DEFAULT_GRACE
+        kubelet = apiserver_args(values["kubelet-arg"])
+        node_lease = int((kubelet.get("node-lease-duration-seconds") or [nodes.DEFAULT_NODE_LEASE_SECONDS])[-1])
     except (OSError, ValueError) as exc:
         log.fatal(f"Error: failed to start kube-apiserver: {exc}")
 
@@ -236,9 +256,13 @@ def _serve(
         jwks_uri=jwks_uri,
     )
     state.extra["started"] = time.time()  # /metrics: process_start_time_seconds; the counters start at 0
+    state.extra["node_grace"] = grace
     identity.reset_counters(data_dir)
+    identity.ensure_default_service_accounts(store_dir)
     node_name = values["node-name"] or socket.gethostname()
-    objects.register_node(store_dir, node_name)  # K3s's kubelet registers the server's Node
+    if not values["disable-agent"]:  # only a server that runs an agent has a kubelet, hence a Node
+        nodes.register_node(store_dir, node_name)
+    _Heartbeats(store_dir, node_name, not values["disable-agent"], node_lease * nodes.RENEW_FRACTION, stop).start()
     httpd = _listen(state, crt, key, client_ca)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -253,11 +277,51 @@ def _serve(
         pass
     lifecycle(data_dir, "stopping")
     log.info("Shutting down k3s")
-    objects.node_stopped(store_dir, node_name)
     sd_notify("STOPPING=1")
     httpd.shutdown()
     httpd.server_close()
     return 0
+
+
+def _http_bootstrap(values: Dict[str, Any], server_dir: str) -> Optional[bootstrap.Files]:
+    """A server with a join URL that has already joined asks that URL first (pkg/cluster/bootstrap.go Bootstrap)."""
+    join_url = values["server"]
+    if not join_url or not os.path.exists(os.path.join(server_dir, "cred", "passwd")):
+        return None
+    try:
+        password = deps.server_password(server_dir)
+    except (OSError, ValueError):
+        return None
+    return join.fetch(join_url, password, server_dir)
+
+
+class _Heartbeats(threading.Thread):
+    """The kubelet's node Lease renewals and kube-apiserver's identity Lease controller and its garbage collector."""
+
+    def __init__(self, store: str, node: str, agent: bool, node_every: float, stop: threading.Event) -> None:
+        super().__init__(daemon=True)
+        self.store, self.node, self.agent, self.node_every, self.stop = store, node, agent, node_every, stop
+        self.lease_cfg = apiserverid.settings()
+        self.holder = apiserverid.holder_identity(node)
+
+    def run(self) -> None:
+        due = {"node": 0.0, "identity": 0.0, "gc": time.time() + self.lease_cfg["gc"]}
+        while not self.stop.is_set():
+            now = time.time()
+            try:
+                if self.agent and now >= due["node"]:
+                    nodes.heartbeat(self.store, self.node)
+                    due["node"] = now + self.node_every
+                if now >= due["identity"]:
+                    apiserverid.renew(self.store, self.node, self.holder, int(self.lease_cfg["duration"]), now)
+                    due["identity"] = now + self.lease_cfg["renew"]
+                if now >= due["gc"]:
+                    for name in apiserverid.collect(self.store, now):
+                        log.info(f"apiserverleasegc: deleted expired identity lease kube-system/{name}")
+                    due["gc"] = now + self.lease_cfg["gc"]
+            except OSError as exc:  # the store is a shared folder; try again at the next tick
+                log.warn(f"lease renewal failed: {exc}")
+            self.stop.wait(max(0.05, min(due.values()) - time.time()))
 
 
 def _listen(state: api.State, crt: str, key: str, client_ca: bytes) -> api.HTTPSServer:

@@ -1,5 +1,5 @@
 """Fixtures of the package and container tests: the packages, built once per run by packaging/build, and the
-cached Debian 12 root file system that containers boot from (tests/nspawn/container.py)."""
+cached Debian root file systems that containers boot from (tests/nspawn/debian_root.py, container.py)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,16 @@ def nspawn_root() -> Path:
     if reason:
         pytest.skip(reason)
     return container.rootfs()
+
+
+@pytest.fixture(scope="session", params=container.SUITES)
+def debian_root(request: pytest.FixtureRequest) -> Path:
+    """The cached root of each supported Debian release, 12 (bookworm) and 13 (trixie): a test that uses it
+    runs once on each. Each is debootstrapped on first use (one to several minutes, 300-400 MB)."""
+    reason = container.missing_prerequisites()
+    if reason:
+        pytest.skip(reason)
+    return container.rootfs(suite=request.param)
 
 
 def boot(root: Path, packages: Packages, **binds: str) -> Iterator[container.Container]:

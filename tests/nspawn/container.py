@@ -1,9 +1,9 @@
-"""Debian 12 under a real systemd and journald, in systemd-nspawn, for the integration tests.
+"""Debian 12 or 13 under a real systemd and journald, in systemd-nspawn, for the integration tests.
 
-A plain module (no pytest in here). Every container test boots from the one cached root it builds: the package
-tests in tests/nspawn, tests/daemon/test_unit_nspawn.py and tests/emulator/test_k3s_service_nspawn.py.
+A plain module (no pytest in here). Every container test boots from a cached root (debian_root.py): tests/nspawn
+(Debian 12, and 13 for the .deb), tests/daemon/test_unit_nspawn.py, tests/emulator/test_k3s_service_nspawn.py.
 
-    root = rootfs()                              # debootstrapped once, cached outside the repository
+    root = rootfs()                              # Debian 12, debootstrapped once, cached (debian_root.py)
     with Container(root, binds_ro={"/host/dist": "/srv/dist"}) as c:    # boots a throwaway copy
         c.run("apt-get", "install", "-y", "/srv/dist/k3srotd_0.1.0_all.deb")
         c.run("systemctl", "is-active", "k3srotd", check=False).stdout
@@ -24,19 +24,16 @@ Why it is done this way (the host has no systemd as PID 1 and no D-Bus):
   `journal()` filters by field after reading instead.
 - A command run through nsenter while the container shuts down can stop itself and hang the shutdown:
   every command is waited for (and its process group killed on timeout) before the container stops.
+- Debian 13's systemd refuses this host's mixed cgroup v1/v2 setup: its containers run with
+  SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 (cgroup v2 only). Debian 12's keep nspawn's default.
 
-Environment:
-    K3SROTD_NSPAWN_CACHE   folder of cached root file systems (default /var/cache/k3srotd-tests)
-    K3SROTD_NSPAWN_ROOTFS  use this prepared root file system instead (nothing is built)
-    K3SROTD_DEBIAN_MIRROR  Debian mirror for debootstrap (default: debootstrap's own)
+Environment: see debian_root.py (where the cached roots live, the mirror, a prepared root).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
-import hashlib
 import itertools
 import json
 import os
@@ -48,19 +45,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
-SUITE = "bookworm"
-# What the .deb depends on comes from Debian's own packages, already in the root: apt then resolves the .deb
-# offline, the unit test's sandbox probe runs k3srotd's modules from the source tree with them, and the K3s
-# emulator runs with Debian's cryptography and PyYAML. python3-cffi-backend is named because debootstrap cannot
-# resolve all of cryptography's dependencies by itself; rpm is there for the rpm tests.
-INCLUDE = (
-    "systemd,systemd-sysv,dbus,python3,python3-systemd,python3-cffi-backend,python3-cryptography,"
-    "python3-yaml,python3-apscheduler,python3-psutil,python3-structlog,python3-click,iproute2,procps,"
-    "ca-certificates,rpm"
-)
-# Part of the cache key: bump it when the preparation below changes.
-RECIPE = "1"
-DEFAULT_CACHE = "/var/cache/k3srotd-tests"
+from nspawn.debian_root import INCLUDE, SUITE, SUITES, codename, rootfs, rootfs_key
+
+__all__ = ["INCLUDE", "SUITE", "SUITES", "Container", "ContainerError", "manifest", "rootfs", "rootfs_key"]
+
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 _counter = itertools.count()
@@ -82,62 +70,6 @@ def missing_prerequisites() -> Optional[str]:
     if not os.environ.get("K3SROTD_NSPAWN_ROOTFS") and shutil.which("debootstrap") is None:
         return "needs debootstrap"
     return None
-
-
-# --- the cached root file system --------------------------------------------------------------------------
-
-
-def rootfs_key() -> str:
-    return hashlib.sha256(f"{SUITE}\n{INCLUDE}\n{RECIPE}".encode()).hexdigest()[:12]
-
-
-def rootfs(log: Callable[[str], None] = lambda _msg: None) -> Path:
-    """The root file system, built with debootstrap on first use (about a minute) and cached.
-
-    Several processes may ask at once: one builds under a lock, in a temporary folder renamed when complete;
-    the others wait for it. A failed build leaves nothing behind.
-    """
-    given = os.environ.get("K3SROTD_NSPAWN_ROOTFS")
-    if given:
-        return Path(given)
-    cache = Path(os.environ.get("K3SROTD_NSPAWN_CACHE", DEFAULT_CACHE))
-    cache.mkdir(parents=True, exist_ok=True)
-    root = cache / f"{SUITE}-{rootfs_key()}"
-    if (root / ".complete").exists():
-        return root
-    with open(cache / f"{root.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (root / ".complete").exists():
-            return root
-        if root.exists():  # an older, incomplete attempt
-            shutil.rmtree(root)
-        partial = Path(tempfile.mkdtemp(prefix=f"{root.name}.partial-", dir=cache))
-        try:
-            log(f"debootstrap {SUITE} into {root} (once; about a minute)")
-            argv = ["debootstrap", "--variant=minbase", f"--include={INCLUDE}", SUITE, str(partial)]
-            mirror = os.environ.get("K3SROTD_DEBIAN_MIRROR")
-            if mirror:
-                argv.append(mirror)
-            out = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
-            if out.returncode != 0:
-                raise ContainerError(f"debootstrap failed ({out.returncode}):\n{out.stdout[-4000:]}")
-            _prepare(partial)
-            (partial / ".complete").write_text(f"{SUITE} {INCLUDE}\n")
-            partial.rename(root)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-    return root
-
-
-def _prepare(root: Path) -> None:
-    """Make the fresh root boot quietly as a container."""
-    # The downloaded .debs are installed already: 60 MB less to copy.
-    for deb in (root / "var/cache/apt/archives").glob("*.deb"):
-        deb.unlink()
-    # A machine id is made at each boot (the overlay's upper layer keeps it for that boot only).
-    (root / "etc/machine-id").write_text("")
-    (root / "etc/hostname").write_text("k3srotd-test\n")
 
 
 # --- cgroups ----------------------------------------------------------------------------------------------
@@ -261,9 +193,13 @@ class Container:
                 with contextlib.suppress(OSError):
                     (d / "cgroup.procs").write_text(str(os.getpid()))
 
+        env = dict(os.environ)
+        if codename(self.root) not in ("", "bookworm"):  # trixie's systemd: cgroup v2 only (module doc)
+            env["SYSTEMD_NSPAWN_UNIFIED_HIERARCHY"] = "1"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 argv,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -4,6 +4,7 @@ operator expects, and the hand-written conffile and man page stay in step with t
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import re
 import shutil
 import subprocess
@@ -105,6 +106,8 @@ def test_deb_installs_the_unit_conffile_man_page_and_completion(packages: Packag
         "/usr/share/man/man8/k3srotd.8.gz",
         "/usr/share/bash-completion/completions/k3srotd",
         "/usr/share/zsh/vendor-completions/_k3srotd",
+        "/usr/share/doc/k3srotd/README.md.gz",
+        "/usr/share/k3srotd/prometheus/k3srotd.rules.yml",
     ):
         assert path in files, path
     assert files["/usr/bin/k3srotd"] == "-rwxr-xr-x"
@@ -117,6 +120,12 @@ def test_deb_installs_the_unit_conffile_man_page_and_completion(packages: Packag
         REPO / "systemd/k3srotd.service"
     ).read_bytes()
     assert (tmp_path / "etc/k3srotd/config.yaml").read_bytes() == (REPO / "packaging/config.yaml").read_bytes()
+    # The operator's guide, as `zless /usr/share/doc/k3srotd/README.md.gz` shows it (compressed, as Debian's policy
+    # wants for documents over 4 KiB), and the alert rules for Prometheus.
+    readme = gzip.decompress((tmp_path / "usr/share/doc/k3srotd/README.md.gz").read_bytes())
+    assert readme == (REPO / "README.md").read_bytes()
+    rules = tmp_path / "usr/share/k3srotd/prometheus/k3srotd.rules.yml"
+    assert rules.read_bytes() == (REPO / "packaging/prometheus/k3srotd.rules.yml").read_bytes()
     bash = (tmp_path / "usr/share/bash-completion/completions/k3srotd").read_text()
     assert "_K3SROTD_COMPLETE=bash_complete" in bash and "complete " in bash and "k3srotd" in bash
     postinst = (tmp_path / "DEBIAN/postinst").read_text()
@@ -143,8 +152,12 @@ def test_rpm_layout_and_dependencies_are_an_rpm_distributions(packages: Packages
         "/usr/share/man/man8/k3srotd.8.gz",
         "/usr/share/bash-completion/completions/k3srotd",
         "/usr/share/zsh/site-functions/_k3srotd",
+        "/usr/share/k3srotd/prometheus/k3srotd.rules.yml",
     ):
         assert path in files, path
+    # %doc: /usr/share/doc/k3srotd on Fedora and SUSE, /usr/share/doc/k3srotd-VERSION with an older rpm's default
+    docs = sh("rpm", "-qdp", packages.rpm).split()
+    assert any(re.fullmatch(rf"/usr/share/doc/k3srotd(-{re.escape(VERSION)})?/README\.md", d) for d in docs), docs
     assert sh("rpm", "-qcp", packages.rpm).split() == ["/etc/k3srotd/config.yaml"]
     flags = sh("rpm", "-qp", "--qf", "[%{FILEFLAGS:fflags} %{FILENAMES}\n]", packages.rpm).splitlines()
     assert "cn /etc/k3srotd/config.yaml" in flags  # %config(noreplace)
@@ -164,6 +177,18 @@ def test_rpm_scriptlets_enable_restart_and_clean_up_only_on_erase(packages: Pack
     assert "try-restart k3srotd.service" in postun and "$1 -ge 1" in postun
     assert re.search(r"if \[ \$1 -eq 0 \]; then\s+rm -rf /var/lib/k3srotd\s+fi", postun)
     assert not re.search(r"rancher|/opt", code_lines(scripts))
+
+
+def test_build_checks_every_build_dependency_of_the_packages() -> None:
+    """packaging/build installs (or names) the Debian packages both builds need: debian/control's Build-Depends,
+    dpkg-buildpackage's dpkg-dev, and rpmbuild's rpm."""
+    script = (REPO / "packaging/build").read_text()
+    listed = set(re.findall(r"[a-z0-9][a-z0-9.+-]+", script.split("build_deps() {", 1)[1].split("\n}", 1)[0]))
+    control = (REPO / "packaging/debian/control").read_text()
+    build_depends = control.split("Build-Depends:", 1)[1].split("\n\n", 1)[0].split("\nStandards-Version", 1)[0]
+    wanted = {re.sub(r"\s*\(.*\)", "", d).strip() for d in build_depends.split(",") if d.strip()}
+    wanted = {"debhelper" if d == "debhelper-compat" else d for d in wanted} | {"dpkg-dev", "rpm"}
+    assert wanted <= listed, wanted - listed
 
 
 def test_spec_gets_its_version_from_the_code() -> None:

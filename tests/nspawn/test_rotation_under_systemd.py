@@ -1,7 +1,8 @@
-"""The installed .deb against the K3s emulator running as k3s.service, both under a real systemd and journald:
-doctor passes, rotate-now rotates through real `systemctl restart k3s`, the step events reach the journal with
-their fields, the daemon (the packaged, hardened unit) reports READY and its phase, rotates on its own, and is
-killed and restarted by the watchdog when it hangs."""
+"""The installed .deb against the K3s emulator running as k3s.service, both under a real systemd and journald, on
+Debian 12 and 13: doctor passes, rotate-now rotates through real `systemctl restart k3s`, the step events reach
+the journal with their fields, the daemon (the packaged, hardened unit) reports READY and its phase, rotates on
+its own once the operator opts in with `automatic: true` (and not before), and is killed and restarted by the
+watchdog when it hangs."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any, Dict, Iterator
 
 import pytest
 
+from k3srotd import config
 from nspawn import container
 from nspawn.conftest import boot
 from nspawn.packages import REPO, VERSION, Packages
@@ -19,6 +21,9 @@ from nspawn.packages import REPO, VERSION, Packages
 EMULATOR = REPO / "tests/k3semu"
 EMULATOR_MISSING = not ((EMULATOR / "bin/k3s").exists() and (EMULATOR / "k3s.service").exists())
 DAEMON_MISSING = not (REPO / "k3srotd/daemon/service.py").exists()
+# The opt-in for automatic steps (`automatic: true`, default false): where the config knows the key, the daemon
+# must not rotate by itself before it is set.
+AUTOMATIC = "automatic" in config.SCHEMA
 UNIT_STARTED = "39f53479d3a045ac8e11786248231fbf"  # systemd's MESSAGE_ID for "unit started"
 STEP_EVENTS = ("publish.done", "promote.done", "prune.done", "rollback.done", "step.failed")
 
@@ -53,9 +58,9 @@ systemctl enable --now k3s
 
 
 @pytest.fixture(scope="module")
-def node(nspawn_root: Path, packages: Packages) -> Iterator[container.Container]:
+def node(debian_root: Path, packages: Packages) -> Iterator[container.Container]:
     """A K3s server node: the .deb installed with apt, the emulator as /usr/local/bin/k3s and k3s.service."""
-    for c in boot(nspawn_root, packages, **{str(EMULATOR): "/usr/local/lib/k3semu/k3semu"}):
+    for c in boot(debian_root, packages, **{str(EMULATOR): "/usr/local/lib/k3semu/k3semu"}):
         c.run("apt-get", "install", "-y", f"/srv/dist/k3srotd_{VERSION}_all.deb", timeout=300)
         c.run("sh", "-ec", SETUP, "setup", str(free_port()), timeout=120)  # returns once k3s sent READY=1
         assert c.show("k3s", "ActiveState")["ActiveState"] == "active"
@@ -79,7 +84,7 @@ def test_doctor_passes_on_the_node(node: container.Container) -> None:
     res = node.run("k3srotd", "doctor", check=False, timeout=120)
     lines = res.stdout.splitlines()
     assert res.returncode == 0, res.stdout + res.stderr
-    assert lines and all(line.startswith(("PASS", "WARN")) for line in lines), res.stdout
+    assert lines and all(line.startswith(("PASS", "WARN", "SKIP")) for line in lines), res.stdout
     assert any("K3s running" in line and line.startswith("PASS") for line in lines), res.stdout
 
 
@@ -136,20 +141,23 @@ def test_daemon_reaches_ready_and_its_status_names_the_phase(node: container.Con
 
 @needs_daemon
 def test_daemon_rotates_by_itself_under_the_hardened_unit(node: container.Container, rotation: Any) -> None:
-    """With a short rotation-interval the daemon itself publishes and promotes: rotate-ca and the restart of K3s
-    work from inside the unit's sandbox."""
+    """With a short rotation-interval the daemon itself publishes and promotes, once `automatic: true` is set
+    (where the config has that key): rotate-ca and the restart of K3s work from inside the unit's sandbox."""
     before = status(node)
     node.write("/etc/k3srotd/config.yaml.d/60-fast.yaml", "rotation-interval: 20s\nmax-splay: 0s\n")
-    cursor = node.cursor()
-    node.run("systemctl", "restart", "k3srotd", timeout=300)
-
-    def promoted() -> Any:
-        return node.journal(after=cursor, SYSLOG_IDENTIFIER="k3srotd", K3SROTD_EVENT="promote.done")
-
     try:
+        if AUTOMATIC:
+            not_before_the_opt_in(node, before)
+            node.write("/etc/k3srotd/config.yaml.d/61-automatic.yaml", "automatic: true\n")
+        cursor = node.cursor()
+        node.run("systemctl", "restart", "k3srotd", timeout=300)
+
+        def promoted() -> Any:
+            return node.journal(after=cursor, SYSLOG_IDENTIFIER="k3srotd", K3SROTD_EVENT="promote.done")
+
         node.wait_for("the daemon's promote.done", promoted, timeout=150, every=1)
     finally:
-        node.run("rm", "-f", "/etc/k3srotd/config.yaml.d/60-fast.yaml")
+        node.run("rm", "-f", "/etc/k3srotd/config.yaml.d/60-fast.yaml", "/etc/k3srotd/config.yaml.d/61-automatic.yaml")
         node.run("systemctl", "restart", "k3srotd", timeout=300)
     events = [
         r["K3SROTD_EVENT"]
@@ -160,6 +168,20 @@ def test_daemon_rotates_by_itself_under_the_hardened_unit(node: container.Contai
     from_unit = node.journal(after=cursor, _SYSTEMD_UNIT="k3srotd.service", K3SROTD_EVENT="promote.done")
     assert from_unit, "promote.done did not come from k3srotd.service"
     assert status(node)["signer_kid"] != before["signer_kid"]
+
+
+def not_before_the_opt_in(node: container.Container, before: Dict[str, Any]) -> None:
+    """A rotation is due (the signer is older than rotation-interval), yet without `automatic: true` the daemon
+    changes nothing and its status line says how to opt in."""
+    cursor = node.cursor()
+    node.run("systemctl", "restart", "k3srotd", timeout=300)
+    node.run("sleep", "25")  # past the due time, several looks of the daemon
+    props = node.show("k3srotd", "ActiveState", "StatusText")
+    assert props["ActiveState"] == "active" and "automatic" in props["StatusText"], props
+    steps = [r for r in node.journal(after=cursor, SYSLOG_IDENTIFIER="k3srotd") if r.get("K3SROTD_EVENT")]
+    assert not [r["K3SROTD_EVENT"] for r in steps if r["K3SROTD_EVENT"].split(".")[0] in ("publish", "rotate")]
+    assert status(node)["signer_kid"] == before["signer_kid"]
+    assert node.journal(after=cursor, MESSAGE_ID=UNIT_STARTED, UNIT="k3s.service") == []  # K3s not restarted
 
 
 @needs_daemon

@@ -41,21 +41,28 @@ def test_kid_is_kube_apiserver_key_id() -> None:
     assert "=" not in kf.kids[0] and len(kf.kids[0]) == 43
 
 
+def _sec1(k: object) -> bytes:
+    return k.private_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    )
+
+
 def test_every_accepted_form_parses_and_first_private_key_signs() -> None:
     a_pem, a = _rsa_pkcs1()
     b = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     e = ec.generate_private_key(ec.SECP256R1())
-    e_pem = e.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
-    )
+    e8 = ec.generate_private_key(ec.SECP384R1())
     pub = b.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    data = pub + _pkcs8(e) + b"\n\n" + a_pem + e_pem
+    data = pub + _sec1(e) + b"\n\n" + a_pem + _pkcs8(e8) + _sec1(e)
     kf = keys.parse(data, "service.key")
-    # the public key comes first in the file, the first PRIVATE key is the signer (EC, PKCS#8)
+    # the public key comes first in the file, the first PRIVATE key is the signer (EC, SEC1)
     assert kf.signer.kid == _kid(e)
     assert kf.signer.algorithm == "EC" and kf.signer.bits == 256
+    # an EC key in PKCS#8 is no verify key for client-go: ignored, kept in place
     assert kf.kids == [_kid(b), _kid(e), _kid(a)]
     assert kf.duplicates == (_kid(e),)
+    assert kf.ignored == ("PEM block 4 (PRIVATE KEY)",)
+    assert keys.compose(kf, kf.kids) == data[: -len(_sec1(e))]  # the duplicate written once
 
 
 def test_crlf_blank_lines_and_other_blocks_are_kept_byte_for_byte() -> None:

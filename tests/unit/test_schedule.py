@@ -42,7 +42,9 @@ class Cfg:
     maintenance_window: object = None
 
 
-def decide(now: str, mtime: str, window: object = None, splay_s: int = 0, retry: str = "") -> schedule.Decision:
+def decide(
+    now: str, mtime: str, window: object = None, splay_s: int = 0, retry: str = "", automatic: bool = True
+) -> schedule.Decision:
     lf = live()
     state = planner.observe(State(), lf, T(now), T(mtime)).state
     return schedule.decide(
@@ -53,6 +55,7 @@ def decide(now: str, mtime: str, window: object = None, splay_s: int = 0, retry:
         T(mtime),
         dt.timedelta(seconds=splay_s),
         T(retry) if retry else None,
+        automatic=automatic,
     )
 
 
@@ -146,3 +149,61 @@ def test_splay_is_stable_per_node_and_bounded() -> None:
     spread = {schedule.splay(f"server-{i}", limit) for i in range(50)}
     assert len(spread) > 40 and all(dt.timedelta(0) <= s < limit for s in spread)
     assert schedule.splay("x", dt.timedelta(0)) == dt.timedelta(0)
+
+
+@pytest.mark.parametrize(
+    "now, mtime, window, held, wake, start",
+    [
+        # an old key, no opt-in: held, looked at again after recheck; when it would have started is still known
+        ("2026-06-01T12:00:00", "2025-01-01T00:00:00", None, True, "2026-06-01T12:10:00", "2025-04-01T00:00:00"),
+        # a young key: nothing due, the same wake as with the opt-in
+        ("2026-06-01T12:00:00", "2026-05-01T00:00:00", None, False, "2026-06-01T12:10:00", "2026-07-30T00:00:00"),
+        # due inside the window's opening: held there too
+        ("2026-11-28T01:30:00", "2025-01-01T00:00:00", NIGHTS, True, "2026-11-28T01:40:00", "2026-11-28T01:30:00"),
+        # due, outside the window: waits for the opening, not held yet
+        ("2026-11-25T12:00:00", "2025-01-01T00:00:00", NIGHTS, False, "2026-11-25T12:10:00", "2026-11-27T23:00:00"),
+    ],
+)
+def test_without_the_opt_in_nothing_starts(
+    now: str, mtime: str, window: object, held: bool, wake: str, start: str
+) -> None:
+    d = decide(now, mtime, window, automatic=False)
+    assert d.plan is None
+    assert d.held == held
+    assert d.wake == T(wake)
+    assert d.next_plan is not None and d.next_plan.action == "publish"
+    assert d.start == T(start)
+
+
+@pytest.mark.parametrize(
+    "now, mtime, automatic, says",
+    [
+        (
+            "2026-06-01T12:00:00",
+            "2026-05-01T00:00:00",
+            True,
+            "phase idle; next publish at 2026-07-30T00:00:00Z (in 58d",
+        ),
+        (
+            "2026-06-01T12:00:00",
+            "2026-05-01T00:00:00",
+            False,
+            "phase idle; automatic steps are off: publish would start at 2026-07-30T00:00:00Z (in 58d",
+        ),
+        (
+            "2026-06-01T12:00:00",
+            "2025-01-01T00:00:00",
+            False,
+            "phase idle; publish is due (since 2025-04-01T00:00:00Z), but automatic steps are off: run "
+            "`k3srotd rotate-now`, or to opt in, write `automatic: true` to "
+            "/etc/k3srotd/config.yaml.d/50-automatic.yaml",
+        ),
+    ],
+)
+def test_the_status_line_says_what_would_happen_and_how_to_opt_in(
+    now: str, mtime: str, automatic: bool, says: str
+) -> None:
+    d = decide(now, mtime, automatic=automatic)
+    text = schedule.describe(d, "idle", T(now), automatic, None)
+    assert text.startswith(says), text
+    assert ("systemctl reload k3srotd" in text) == (not automatic)

@@ -1,0 +1,31 @@
+"""Fixtures of the Prometheus tests: promtool from Debian's prometheus package (tests/prometheus/promtool.py), and
+`node`, an emulated K3s server with a k3srotd config (tests/k3srotd_node.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from k3semu.harness import EmulatedServer
+from k3srotd_node import Node
+
+from prometheus import promtool as fetch
+
+
+@pytest.fixture(scope="session")
+def promtool() -> Path:
+    tool = fetch.promtool()
+    if tool is None:
+        pytest.skip(fetch.why_not())
+    return tool
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    server = EmulatedServer(tmp_path / "k3s")
+    server.start()
+    try:
+        yield Node(tmp_path, server)
+    finally:
+        server.stop()
