@@ -19,7 +19,7 @@ from typing import Optional
 from k3srotd.cluster.link import API_RETRY, LOOK_SECONDS, TURN_WAIT, Link, Waiting
 from k3srotd.config import Config
 from k3srotd.core import keys, planner
-from k3srotd.core.cluster import STEP_LEASE, Report, Server, Step
+from k3srotd.core.cluster import RESTART_LEASE, STEP_LEASE, Report, Server, Step
 from k3srotd.core.model import State, ts
 from k3srotd.core.rollout import held_by_window, my_turn, orphaned, out_of_step
 from k3srotd.core.verify import VerifyFailed, Want
@@ -82,6 +82,7 @@ class Follower:
             else:
                 link.report(live.kids, sha)
             self._answer_token_check(live, sha)
+            self._give_turn_back(step)
             if step is not None and sha == step.target_sha and self._take_over(state, step, servers, reports):
                 continue  # look again: the step is committed now, and adopted
             if step is not None and not step.open and sha == step.target_sha:
@@ -89,6 +90,24 @@ class Follower:
             reason = out_of_step(servers, step, reports, self.me, sha)
             return reason, (LOOK_SECONDS if reason else 0.0)
         return "this server's key set keeps changing", LOOK_SECONDS
+
+    def _give_turn_back(self, step: Optional[Step]) -> None:
+        """k3srotd-restart held by this server outside a restart: its k3srotd was killed during its turn (this look
+        runs under the node lock, so no restart of ours is under way). Its K3s answers again and its part is done or
+        reported, so the next server need not wait for the lease to expire. A driver's own turn is its intent's."""
+        turn, now = self.link.turn, self.link.clock.now()
+        if turn is None or turn.holder != self.me or not turn.held(now):
+            return
+        if step is not None and step.open and step.driver == self.me:
+            return
+        self.link.release(RESTART_LEASE)
+        self.link.turn = None
+        self.link.log.warning(
+            "rolling.turn-returned",
+            msg=f"{self.me} held k3srotd-restart from before its k3srotd restarted; its K3s is up and its part is "
+            "reported, so it gives the turn back",
+            node=self.me,
+        )
 
     def _answer_token_check(self, live: keys.KeyFile, sha: str) -> None:
         """A server asked before a prune whether old tokens are still presented: answer for this kube-apiserver

@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 from k3srotd.cluster.book import Book
 from k3srotd.cluster.leases import Cluster, Held
 from k3srotd.core.clock import Clock
-from k3srotd.core.cluster import RESTART_LEASE, STEP_LEASE, TOKENS_LEASE, Report, Server, Step
+from k3srotd.core.cluster import RESTART_LEASE, STEP_LEASE, TOKENS_LEASE, Lease, Report, Server, Step
 from k3srotd.core.ports import Log
 from k3srotd.engine.restart import Progress
 from k3srotd.errors import LockHeld
@@ -56,6 +56,7 @@ class Link:
         self.me = cluster.me
         self.check_id = ""  # the token check asked on k3srotd-tokens, as last read
         self.mine: Optional[Report] = None
+        self.turn: Optional[Lease] = None  # k3srotd-restart, as last read
 
     def picture(self) -> tuple[list[Server], Optional[Step], dict[str, Report]]:
         leases = self.cluster.leases()
@@ -64,6 +65,7 @@ class Link:
         if self.mine is None:
             self.mine = reports.get(self.me)
         self.check_id = leases[TOKENS_LEASE].ann("check-id") if TOKENS_LEASE in leases else ""
+        self.turn = leases.get(RESTART_LEASE)
         return self.servers, Step.from_lease(leases.get(STEP_LEASE)), reports
 
     def say(self, event: str, text: str, level: str = "info") -> None:

@@ -45,7 +45,7 @@ RETRY_AFTER = dt.timedelta(hours=1)  # after a failed step
 LOCK_RETRY = dt.timedelta(minutes=1)  # another k3srotd (a manual command) holds the lock
 GATE_RETRY = dt.timedelta(minutes=5)  # a gate (public issuer, token metrics, another rotator) said not yet
 IDLE_RETRY = dt.timedelta(minutes=10)  # not a K3s server (yet), or K3s not running
-CLUSTER_RETRY = dt.timedelta(seconds=30)  # the same, on a server of several
+CLUSTER_RETRY = dt.timedelta(seconds=5)  # the same, on a server of several: its turn may be awaited
 MAX_STEPS_PER_TICK = 4  # a few steps may fall due one after another (e.g. publish-wait of 0s)
 
 
@@ -95,7 +95,8 @@ class Daemon:
             self._status(f"HALTED: {e}")
             return now + IDLE_RETRY
         except (ConfigError, SafetyRefusal) as e:
-            self.log.warning("daemon.idle", msg=f"idle: {e}")
+            if self.status_line != f"idle: {e}":  # said once per cause: on a cluster this is looked at often
+                self.log.warning("daemon.idle", msg=f"idle: {e}")
             self._status(f"idle: {e}")
             return now + self._idle_retry()
         except StepFailed as e:
