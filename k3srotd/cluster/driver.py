@@ -54,7 +54,7 @@ from k3srotd.node.kubeapi import APIError
 from k3srotd.node.store import Store
 
 CHECK_FRESH = dt.timedelta(minutes=10)  # a token check younger than this is answered, not asked again
-CHECK_WAIT = 15.0  # a foreground prune waits this long for the other servers' answers
+CHECK_WAIT = 15.0  # a prune (foreground or daemon) waits this long for the other servers' answers
 
 
 def attach(
@@ -318,11 +318,12 @@ class ClusterCoordinator:
         CHECK_FRESH). None when no other kube-apiserver saw old tokens presented during the grace-period; else
         which server saw what, or which have not answered (in the foreground, after up to CHECK_WAIT)."""
         now = self.link.clock.now()
-        deadline = self.link.clock.monotonic() + (0.0 if self.run.background else CHECK_WAIT)
+        deadline = self.link.clock.monotonic() + CHECK_WAIT  # the daemon too: its first verdict must not be "not yet"
         try:
             cid, asked = self._token_check_id(now)
             while True:
                 servers, _, reports = self.link.picture()
+                self.follower.answer_token_check()  # another server may wait on ours meanwhile, as we on theirs
                 others = [s.name for s in servers if s.name != self.link.me]
                 missing = [n for n in others if n not in reports or reports[n].tokens_check != cid]
                 grew = [f"{n}: {reports[n].tokens}" for n in others if n not in missing and reports[n].tokens != "ok"]

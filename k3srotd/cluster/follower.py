@@ -109,6 +109,13 @@ class Follower:
             node=self.me,
         )
 
+    def answer_token_check(self) -> None:
+        """Answer the token check last read (link.picture), if not yet answered."""
+        cid, mine = self.link.check_id, self.link.mine
+        if cid and (mine is None or mine.tokens_check != cid):
+            data, live = self._live()
+            self._answer_token_check(live, sha256(data))
+
     def _answer_token_check(self, live: keys.KeyFile, sha: str) -> None:
         """A server asked before a prune whether old tokens are still presented: answer for this kube-apiserver
         (its /metrics counts only what reached it), once per check."""

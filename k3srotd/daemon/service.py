@@ -70,6 +70,7 @@ class Daemon:
         self.node = node_name(cfg)
         self.servers = len(Book(cfg.state_dir).servers())  # as last known; each session's coordinator says anew
         self.retry_after: Optional[dt.datetime] = None
+        self.gate_memo: Optional[tuple[str, str, dt.datetime]] = None  # (action, what it waits for, ask again at)
         self.halted: Optional[str] = None  # set after a failed rollback: no more steps until a human acts
         self.busy = False
         self.stopping = False  # SIGTERM: finish the step under way, start no other
@@ -140,11 +141,10 @@ class Daemon:
                         schedule.describe(d, s.phase(live), self.clock.now(), self.cfg.automatic, self.config_path)
                     )
                     return d.wake
-                gate = self._gate(s, d.plan)
+                gate = self._gated(s, d.plan)
                 if gate is not None:
-                    self.log.info("daemon.waiting", msg=f"{d.plan.action} waits for: {gate}", action=d.plan.action)
-                    self._status(f"phase {s.phase(live)}; {d.plan.action} waits for: {gate}")
-                    return self.clock.now() + GATE_RETRY
+                    self._status(f"phase {s.phase(live)}; {d.plan.action} waits for: {gate[0]}")
+                    return gate[1]
                 self._status(f"phase {s.phase(live)}; doing {d.plan.action}")
                 self.busy = True
                 try:
@@ -167,6 +167,23 @@ class Daemon:
             self.recheck if self.servers <= 1 else min(self.recheck, IDLE_POLL),
             automatic=self.cfg.automatic,
         )
+
+    def _gated(self, s: engine.Session, plan: planner.Plan) -> Optional[tuple[str, dt.datetime]]:
+        """(what the due step waits for, when to tick again), or None when it may start. The gate is asked again
+        after GATE_RETRY (it may read /metrics, the issuer, the other servers); on a server of several the daemon
+        still ticks every IDLE_POLL meanwhile, so that waiting never stops it answering and following the others."""
+        now = self.clock.now()
+        memo = self.gate_memo
+        if memo is None or memo[0] != plan.action or now >= memo[2]:
+            gate = self._gate(s, plan)
+            if gate is None:
+                self.gate_memo = None
+                return None
+            if memo is None or memo[1] != gate:
+                self.log.info("daemon.waiting", msg=f"{plan.action} waits for: {gate}", action=plan.action)
+            memo = self.gate_memo = (plan.action, gate, now + GATE_RETRY)
+        wake = memo[2] if self.servers <= 1 else min(memo[2], now + IDLE_POLL)
+        return memo[1], wake
 
     def _gate(self, s: engine.Session, plan: planner.Plan) -> Optional[str]:
         """None when the due step may start; else what it waits for. Asked only before a step, so an idle daemon
