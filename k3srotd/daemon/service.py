@@ -25,8 +25,9 @@ from types import FrameType
 from typing import TYPE_CHECKING, Optional
 
 from k3srotd import config as config_mod
-from k3srotd.cluster.book import Book, node_name
+from k3srotd.cluster.book import Book, lease_seconds, node_name
 from k3srotd.cluster.link import IDLE_POLL, Waiting
+from k3srotd.cluster.watch import Watcher
 from k3srotd.core import keys, planner, schedule
 from k3srotd.core.clock import Clock
 from k3srotd.core.durations import format_duration
@@ -45,6 +46,7 @@ RETRY_AFTER = dt.timedelta(hours=1)  # after a failed step
 LOCK_RETRY = dt.timedelta(minutes=1)  # another k3srotd (a manual command) holds the lock
 GATE_RETRY = dt.timedelta(minutes=5)  # a gate (public issuer, token metrics, another rotator) said not yet
 IDLE_RETRY = dt.timedelta(minutes=10)  # not a K3s server (yet), or K3s not running
+WATCHED_POLL = dt.timedelta(minutes=3)  # on a cluster, while the step and token-check Leases are watched
 CLUSTER_RETRY = dt.timedelta(seconds=5)  # the same, on a server of several: its turn may be awaited
 MAX_STEPS_PER_TICK = 4  # a few steps may fall due one after another (e.g. publish-wait of 0s)
 
@@ -70,6 +72,7 @@ class Daemon:
         self.node = node_name(cfg)
         self.servers = len(Book(cfg.state_dir).servers())  # as last known; each session's coordinator says anew
         self.retry_after: Optional[dt.datetime] = None
+        self.watcher: Optional[Watcher] = None  # on a server of several (cluster/watch.py)
         self.gate_memo: Optional[tuple[str, str, dt.datetime]] = None  # (action, what it waits for, ask again at)
         self.halted: Optional[str] = None  # set after a failed rollback: no more steps until a human acts
         self.busy = False
@@ -113,6 +116,15 @@ class Daemon:
             return now + retry
         finally:
             self._metrics()
+
+    def poll(self) -> dt.timedelta:
+        """How often a server of several looks at the cluster when nothing happens: every IDLE_POLL, unless the
+        step and token-check Leases are watched (a change wakes it at once); then often enough to renew its
+        report within half its lease."""
+        if self.watcher is None or not self.watcher.healthy:
+            return IDLE_POLL
+        half = dt.timedelta(seconds=lease_seconds(self.cfg, self.options.lease_seconds) / 2)
+        return max(IDLE_POLL, min(WATCHED_POLL, half))
 
     def _idle_retry(self) -> dt.timedelta:
         """How soon to look again after a refusal or an error: soon on a server known to be one of several (the
@@ -164,7 +176,7 @@ class Daemon:
             s.k3s.live_mtime(),
             schedule.splay(self.node, self.cfg.max_splay),
             self.retry_after,
-            self.recheck if self.servers <= 1 else min(self.recheck, IDLE_POLL),
+            self.recheck if self.servers <= 1 else min(self.recheck, self.poll()),
             automatic=self.cfg.automatic,
         )
 
@@ -182,7 +194,7 @@ class Daemon:
             if memo is None or memo[1] != gate:
                 self.log.info("daemon.waiting", msg=f"{plan.action} waits for: {gate}", action=plan.action)
             memo = self.gate_memo = (plan.action, gate, now + GATE_RETRY)
-        wake = memo[2] if self.servers <= 1 else min(memo[2], now + IDLE_POLL)
+        wake = memo[2] if self.servers <= 1 else min(memo[2], now + self.poll())
         return memo[1], wake
 
     def _gate(self, s: engine.Session, plan: planner.Plan) -> Optional[str]:
@@ -284,6 +296,8 @@ class Daemon:
         sched.start()
         with loop.ticking:  # the step under way runs to its end (or its rollback)
             pass
+        if self.watcher is not None:
+            self.watcher.stop()
         self.log.info("daemon.stopped", msg="stopped")
         return 0
 
@@ -311,6 +325,24 @@ class _Loop:
             self.ticking.release()
         if not self.sched.stopped.is_set():
             self.sched.at(max(wake, self.daemon.clock.now()), self.tick_job, "tick")
+            self._watch()
+
+    def _watch(self) -> None:
+        """On a server of several: watch the step and token-check Leases, and tick at each change."""
+        d = self.daemon
+        if d.watcher is not None or d.servers <= 1 or not d.cfg.verify_api:
+            return
+        from k3srotd.core.cluster import STEP_LEASE, TOKENS_LEASE
+        from k3srotd.node.kubeapi import KubeAPI
+
+        cfg = d.cfg
+        d.watcher = Watcher(lambda: KubeAPI(cfg.kubeconfig, cfg.k3s_server_url), (STEP_LEASE, TOKENS_LEASE), self.poke)
+        d.watcher.start()
+
+    def poke(self) -> None:
+        """A watched Lease changed: tick now (or right after the tick under way)."""
+        if not self.sched.stopped.is_set():
+            self.sched.at(self.daemon.clock.now(), self.tick_job, "tick")
 
     def reload_job(self) -> None:
         if self.daemon.reload():

@@ -113,6 +113,11 @@ def list_leases(store_dir: str, ns: str) -> Dict[str, Any]:
     }
 
 
+def revision(store_dir: str) -> int:
+    with _store(store_dir) as data:
+        return int(data["revision"])
+
+
 def get_lease(store_dir: str, ns: str, name: str) -> Result:
     with _store(store_dir) as data:
         obj = data["leases"].get(_lease_key(ns, name))
