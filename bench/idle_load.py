@@ -14,6 +14,7 @@ naming the step is its reaction time (target: under 2 s).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import sys
@@ -34,10 +35,8 @@ def _records(path: Path) -> list[dict]:  # type: ignore[type-arg]
     out = []
     for ln in path.read_text(errors="replace").splitlines():
         if ln.startswith("{"):
-            try:
+            with contextlib.suppress(ValueError):
                 out.append(json.loads(ln))
-            except ValueError:
-                pass
     return out
 
 
