@@ -120,11 +120,11 @@ class Daemon:
     def poll(self) -> dt.timedelta:
         """How often a server of several looks at the cluster when nothing happens: every IDLE_POLL, unless the
         step and token-check Leases are watched (a change wakes it at once); then often enough to renew its
-        report within half its lease."""
+        report well within its lease."""
         if self.watcher is None or not self.watcher.healthy:
             return IDLE_POLL
-        half = dt.timedelta(seconds=lease_seconds(self.cfg, self.options.lease_seconds) / 2)
-        return max(IDLE_POLL, min(WATCHED_POLL, half))
+        third = dt.timedelta(seconds=lease_seconds(self.cfg, self.options.lease_seconds) / 3)
+        return max(IDLE_POLL, min(WATCHED_POLL, third))
 
     def _idle_retry(self) -> dt.timedelta:
         """How soon to look again after a refusal or an error: soon on a server known to be one of several (the
