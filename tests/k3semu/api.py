@@ -10,18 +10,16 @@ import base64
 import contextlib
 import http.server
 import json
-import os
 import re
 import secrets
 import socket
 import sys
-import time
 import traceback
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import VERSION, certs, faults, identity, join, jwt, keys, log, nodes, objects, tokens
+from . import VERSION, certs, faults, identity, join, jwt, keys, log, nodes, objects, tokens, watch
 from . import secrets as sa_secrets
 from .bootstrap import Datastore
 
@@ -242,7 +240,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _api(self, path: str, query: dict) -> None:
         user = self._user()
-        self._audit(user)
+        watch.audit(self.state.data_dir, user[0] if user else "", self.command, self.path)
         body = self._body() if self.command in ("POST", "PUT", "PATCH") else b""
         if user is None:
             self._send(401, status_body(401, "Unauthorized", "Unauthorized"))
@@ -305,16 +303,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
         else:
             self._send(404, status_body(404, "NotFound", "the server could not find the requested resource", {}))
 
-    def _audit(self, user: Optional[Tuple[str, List[str]]]) -> None:
-        """One line per API request in <data-dir>/emulator/audit.jsonl when <data-dir>/emulator/audit exists, as
-        kube-apiserver's audit log at level Metadata (one event per request, here at RequestReceived)."""
-        d = os.path.join(self.state.data_dir, "emulator")
-        if not os.path.exists(os.path.join(d, "audit")):
-            return
-        line = {"time": time.time(), "user": user[0] if user else "", "verb": self.command, "uri": self.path}
-        with open(os.path.join(d, "audit.jsonl"), "a") as f:
-            f.write(json.dumps(line) + "\n")
-
     def _discovery(self) -> bool:
         """kube-apiserver installs the discovery endpoints only when serviceaccount.NewOpenIDMetadata succeeds:
         an https issuer, and a JWK for every key (pkg/serviceaccount/openidmetadata.go; otherwise "Endpoints will
@@ -375,7 +363,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             else:
                 code, obj = 200, nodes.list_nodes(store, (query.get("labelSelector") or [""])[0], grace)
         elif lease and lease.group(2) is None and self.command == "GET" and query.get("watch") == ["true"]:
-            self._watch(store, lease.group(1), query)
+            watch.stream(self, store, lease.group(1), query)
             return
         elif lease and lease.group(2) is None and self.command == "GET":
             code, obj = 200, objects.list_leases(store, lease.group(1))
@@ -394,22 +382,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._send(code, json.dumps(obj).encode())
         else:
             self._send(code, status_body(code, obj["reason"], obj["message"], obj.get("details")))
-
-    def _watch(self, store: str, ns: str, query: dict) -> None:
-        from . import watch
-
-        oldest = self.state.extra.setdefault("watch_from", objects.revision(store))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-
-        def chunk(data: bytes) -> None:
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-            self.wfile.flush()
-
-        watch.serve(chunk, store, ns, query, int(oldest))
-        self.close_connection = True
 
 
 class HTTPSServer(http.server.ThreadingHTTPServer):

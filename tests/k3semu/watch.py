@@ -78,5 +78,32 @@ def serve(write: Callable[[bytes], None], store_dir: str, ns: str, query: Dict[s
     write(b"")
 
 
+def stream(handler: Any, store_dir: str, ns: str, query: Dict[str, Any]) -> None:
+    """Serve the watch on `handler` (api.Handler): chunked, the connection closed after the stream."""
+    oldest = handler.state.extra.setdefault("watch_from", objects.revision(store_dir))
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.end_headers()
+
+    def chunk(data: bytes) -> None:
+        handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        handler.wfile.flush()
+
+    serve(chunk, store_dir, ns, query, int(oldest))
+    handler.close_connection = True
+
+
+def audit(data_dir: str, user: str, verb: str, uri: str) -> None:
+    """One line per API request in <data-dir>/emulator/audit.jsonl when <data-dir>/emulator/audit exists, as
+    kube-apiserver's audit log at level Metadata (one event per request, here at RequestReceived)."""
+    d = os.path.join(data_dir, "emulator")
+    if not os.path.exists(os.path.join(d, "audit")):
+        return
+    line = {"time": time.time(), "user": user, "verb": verb, "uri": uri}
+    with open(os.path.join(d, "audit.jsonl"), "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
 def _event(kind: str, obj: Dict[str, Any]) -> bytes:
     return json.dumps({"type": kind, "object": obj}).encode() + b"\n"
