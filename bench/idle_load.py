@@ -1,6 +1,6 @@
 """What multi-server coordination costs at idle, and how soon a follower notices a new step (issue 11).
 
-    python bench/idle_load.py                    3 servers, 5 idle minutes
+    python bench/idle_load.py                    3 servers, 8 idle minutes
     python bench/idle_load.py --minutes 2
 
 Three emulated K3s servers, each with `k3srotd run` and the product's own lease length. Every emulated
@@ -49,14 +49,14 @@ def main() -> int:
     from clusternode import Cluster, wait_until
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--minutes", type=float, default=5.0)
+    p.add_argument("--minutes", type=float, default=8.0)
     args = p.parse_args()
     clusternode.LEASE_SECONDS = 0  # the product's own lease (2 x restart-timeout + 60 s)
     with tempfile.TemporaryDirectory(prefix="k3srotd-idle-") as tmp:
         cluster = Cluster(Path(tmp)).start()
         try:
             for n in cluster:
-                n.write_config(publish_wait="1h")
+                n.write_config(publish_wait="1h", restart_timeout="5m")  # the product's default
                 (n.server.emulator_dir / "audit").touch()
                 n.start_daemon()
             names = [f"k3srotd-node-{n.name}" for n in cluster]

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 from k3srotd.cluster.leases import LEASES
 from k3srotd.node.kubeapi import APIError, KubeAPI
 
-TIMEOUT = 300  # seconds a watch stays open: one request per 5 minutes per lease at idle
+TIMEOUT = 600  # seconds a watch stays open: one request per 10 minutes per lease at idle
 RETRY = 5.0  # after the API could not be reached
 
 

@@ -46,7 +46,7 @@ RETRY_AFTER = dt.timedelta(hours=1)  # after a failed step
 LOCK_RETRY = dt.timedelta(minutes=1)  # another k3srotd (a manual command) holds the lock
 GATE_RETRY = dt.timedelta(minutes=5)  # a gate (public issuer, token metrics, another rotator) said not yet
 IDLE_RETRY = dt.timedelta(minutes=10)  # not a K3s server (yet), or K3s not running
-WATCHED_POLL = dt.timedelta(minutes=3)  # on a cluster, while the step and token-check Leases are watched
+WATCHED_POLL = dt.timedelta(minutes=4)  # on a cluster, while the step and token-check Leases are watched
 CLUSTER_RETRY = dt.timedelta(seconds=5)  # the same, on a server of several: its turn may be awaited
 MAX_STEPS_PER_TICK = 4  # a few steps may fall due one after another (e.g. publish-wait of 0s)
 
