@@ -80,9 +80,9 @@ def bench_startup() -> None:
 def bench_step() -> None:
     """The engine's own time in a step: all but rotate-ca, the restart and its wait, and key generation."""
     from k3srotd import config
-    from k3srotd.commands import manual as commands
+    from k3srotd.commands import rotate_now as commands
     from k3srotd.core import keys
-    from k3srotd.engine.executor import Executor
+    from k3srotd.engine.restart import Restarter
     from k3srotd.node.k3s import K3s
     from k3srotd.output import logs
 
@@ -99,7 +99,7 @@ def bench_step() -> None:
         return wrapper
 
     K3s.rotate_ca = timed(K3s.rotate_ca)  # type: ignore[method-assign]
-    Executor._restart_and_verify = timed(Executor._restart_and_verify)  # type: ignore[method-assign]
+    Restarter.restart_and_verify = timed(Restarter.restart_and_verify)  # type: ignore[method-assign]
     keys.generate = timed(keys.generate)  # type: ignore[assignment]
     samples = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,19 +14,24 @@ import click
 
 from k3srotd import __version__
 
-if TYPE_CHECKING:  # types only: `k3srotd --version` imports click alone
+if TYPE_CHECKING:  # types only: `k3srotd --version` imports nothing more than click
     from k3srotd.config import Config
     from k3srotd.core.ports import Log
-    from k3srotd.engine.executor import Events, Progress
+    from k3srotd.engine.coordinator import Run
+    from k3srotd.engine.executor import Events
+    from k3srotd.engine.restart import Progress
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
 class Ctx:
-    def __init__(self, config: Optional[str], log_format: Optional[str], debug: bool) -> None:
+    def __init__(
+        self, config: Optional[str], log_format: Optional[str], debug: bool, run: Optional[Run] = None
+    ) -> None:
         self.config_path = config
         self.log_format = log_format
         self.debug = debug
+        self.run = run  # engine.coordinator.Run: how sessions start (the tests' crash point and leases); None: default
         self._cfg: Optional[Config] = None
 
     @property
@@ -68,7 +73,7 @@ class Ctx:
 @click.pass_context
 def cli(ctx: click.Context, config: Optional[str], log_format: Optional[str], debug: bool) -> None:
     """Rotate the service-account signing key of a K3s server: publish, promote, prune, verified."""
-    ctx.obj = Ctx(config, log_format, debug)
+    ctx.obj = Ctx(config, log_format, debug, (ctx.obj or {}).get("run") if isinstance(ctx.obj, dict) else None)
 
 
 def _progress(log: Log) -> Progress:
@@ -104,13 +109,13 @@ def rotate_now(obj: Ctx, dry_run: bool, skip_publish_wait: bool, ignore_window: 
 
     Continues a rotation already under way.
     """
-    from k3srotd.commands import manual as commands
+    from k3srotd.commands import rotate_now as command
 
     if dry_run:
-        commands.rotate_now_dry_run(obj.cfg, skip_publish_wait)
+        command.rotate_now_dry_run(obj.cfg, skip_publish_wait)
         return
     log = obj.logger()
-    commands.rotate_now(obj.cfg, log, _events(obj, log), _progress(log), skip_publish_wait, ignore_window)
+    command.rotate_now(obj.cfg, log, _events(obj, log), _progress(log), skip_publish_wait, ignore_window, run=obj.run)
 
 
 @cli.command()
@@ -126,7 +131,7 @@ def rotate_now(obj: Ctx, dry_run: bool, skip_publish_wait: bool, ignore_window: 
 @click.pass_obj
 def prune(obj: Ctx, dry_run: bool, force: bool, yes: bool, ignore_window: bool, reissue_legacy: bool) -> None:
     """Drop retired keys whose grace-period has passed; --force drops them before that."""
-    from k3srotd.commands import manual as commands
+    from k3srotd.commands import prune as command
 
     if reissue_legacy:
         from k3srotd.commands import reissue
@@ -134,10 +139,10 @@ def prune(obj: Ctx, dry_run: bool, force: bool, yes: bool, ignore_window: bool, 
         reissue.reissue_legacy(obj.cfg, obj.logger(), dry_run)
         return
     if dry_run:
-        commands.prune_dry_run(obj.cfg, force)
+        command.prune_dry_run(obj.cfg, force)
         return
     log = obj.logger()
-    commands.prune(obj.cfg, log, _events(obj, log), _progress(log), force, yes, ignore_window, _confirm)
+    command.prune(obj.cfg, log, _events(obj, log), _progress(log), force, yes, ignore_window, _confirm, run=obj.run)
 
 
 @cli.command()
@@ -146,10 +151,10 @@ def prune(obj: Ctx, dry_run: bool, force: bool, yes: bool, ignore_window: bool, 
 @click.pass_obj
 def rollback(obj: Ctx, yes: bool, ignore_window: bool) -> None:
     """Put back the key set that was live before the last completed step; asks first unless --yes."""
-    from k3srotd.commands import manual as commands
+    from k3srotd.commands import rollback as command
 
     log = obj.logger()
-    commands.rollback(obj.cfg, log, _events(obj, log), _progress(log), yes, ignore_window, _confirm)
+    command.rollback(obj.cfg, log, _events(obj, log), _progress(log), yes, ignore_window, _confirm, run=obj.run)
 
 
 @cli.command()
@@ -196,7 +201,7 @@ def run(obj: Ctx) -> None:
     """
     from k3srotd.daemon import service as daemon
 
-    sys.exit(daemon.main(obj.config_path, obj.log_format))
+    sys.exit(daemon.main(obj.config_path, obj.log_format, obj.run))
 
 
 def _confirm(question: str) -> bool:
@@ -216,12 +221,13 @@ def _error_line(message: str) -> str:
     return "k3srotd: " + cut(redact_text(message))
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: Optional[list[str]] = None, run: Optional[Run] = None) -> None:
+    """The entry point. `run` (an engine.coordinator.Run) is for the tests' launcher only: production has none."""
     from k3srotd.errors import K3srotdError
 
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        cli.main(args=argv, prog_name="k3srotd", standalone_mode=False)
+        cli.main(args=argv, prog_name="k3srotd", standalone_mode=False, obj={"run": run})
     except click.exceptions.Abort:
         click.echo("k3srotd: aborted; nothing was changed", err=True)
         sys.exit(1)

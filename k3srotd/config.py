@@ -21,6 +21,8 @@ DEFAULT_K3S_CONFIG = "/etc/rancher/k3s/config.yaml"
 DEFAULT_K3S_DATA_DIR = "/var/lib/rancher/k3s"
 DEFAULT_SERVER_URL = "https://127.0.0.1:6443"
 
+SYSTEMD_DIR = "/etc/systemd/system"  # where the K3s installer writes k3s.service.env
+
 
 @dataclasses.dataclass(frozen=True)
 class K3sSettings:
@@ -67,6 +69,7 @@ class Config:
     # beyond the contract's table (see the README)
     max_splay: dt.timedelta = dt.timedelta(minutes=15)  # the daemon delays due steps by up to this, per node
     node_name: str = ""  # this server's Node in multi-server coordination; empty: K3s's node-name, else the hostname
+    server_name: str = ""  # node-name as resolved once at load: ours, K3s's, the installer's env file; "": hostname
     oidc_issuer_url: str = ""  # overrides K3s's service-account-issuer
     verify_issuer: str = "auto"  # auto | true | false
     issuer_wait_warn: dt.timedelta = dt.timedelta(hours=1)
@@ -277,7 +280,7 @@ def _layered(main: Path, trusted: bool = False) -> tuple[dict[str, tuple[Any, st
     return merged, sources
 
 
-def load(path: Optional[str] = None, environ: Optional[dict[str, str]] = None) -> Config:
+def load(path: Optional[str] = None, environ: Optional[dict[str, str]] = None, unit_dir: str = SYSTEMD_DIR) -> Config:
     env = os.environ if environ is None else environ
     explicit = path or env.get("K3SROTD_CONFIG")
     main = Path(os.path.abspath(explicit or DEFAULT_CONFIG))
@@ -297,12 +300,30 @@ def load(path: Optional[str] = None, environ: Optional[dict[str, str]] = None) -
     k3s = load_k3s_settings(Path(values.get("k3s_config", DEFAULT_K3S_CONFIG)))
     if "k3s_data_dir" not in values:
         values["k3s_data_dir"] = k3s.data_dir or DEFAULT_K3S_DATA_DIR
+    name = values.get("node_name") or k3s.node_name
+    values["server_name"] = name or _installer_node_name(values.get("k3s_service", "k3s"), unit_dir) or ""
     cfg = Config(**values, k3s=k3s, sources=tuple(sources))
     _check_grace(cfg, raw)
     return cfg
 
 
 GRACE_FLOOR = dt.timedelta(hours=1)  # kube-apiserver's own floor for service-account-max-token-expiration
+
+
+def _installer_node_name(service: str, unit_dir: str) -> Optional[str]:
+    """K3S_NODE_NAME in the environment file the K3s installer writes beside the unit (read once, here)."""
+    env = Path(unit_dir) / f"{service}.service.env"
+    try:
+        lines = env.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:  # KEY=value or KEY='value'; only this key is read (the file also holds K3s's token)
+        key, sep, value = line.strip().partition("=")
+        if sep and key.strip() == "K3S_NODE_NAME":
+            name = value.strip().strip("'\"")
+            if name:
+                return name
+    return None
 
 
 def _check_grace(cfg: Config, raw: dict[str, tuple[Any, str]]) -> None:

@@ -15,6 +15,9 @@ from typing import Any, Optional
 import yaml
 from k3semu.harness import K3S_BIN, EmulatedServer, subprocess_env
 
+# the real CLI, with the test switches (crash point, short leases) handed in: see k3srotd_test_main.py
+K3SROTD = [sys.executable, str(Path(__file__).resolve().parent / "k3srotd_test_main.py")]
+
 
 class Node:
     """One K3s server (the emulator) with a k3srotd config pointing at it; everything under one temp dir."""
@@ -59,7 +62,7 @@ class Node:
         e.pop("JOURNAL_STREAM", None)
         try:
             proc = subprocess.run(
-                [sys.executable, "-m", "k3srotd", "--config", str(self.config), *args],
+                [*K3SROTD, "--config", str(self.config), *args],
                 env=e,
                 capture_output=True,
                 text=True,
@@ -76,7 +79,7 @@ class Node:
     def popen(self, *args: str) -> subprocess.Popen:
         e = subprocess_env({})
         return subprocess.Popen(
-            [sys.executable, "-m", "k3srotd", "--config", str(self.config), *args],
+            [*K3SROTD, "--config", str(self.config), *args],
             env=e,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

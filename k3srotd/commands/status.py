@@ -92,10 +92,10 @@ def render(cfg: Config, as_json: bool, clock: Clock, config_path: Optional[str] 
         rows.append(("last failure", f"{f.get('step')} at {f.get('at')}: {f.get('reason')}"))
     rows.extend(_identity_rows(cfg, v))
     servers: list[str] = []
-    if (Path(cfg.state_dir) / "cluster.json").exists():  # multi-server (rollplan.BOOK): every server, the leases
-        from k3srotd.cluster import rollplan
+    if (Path(cfg.state_dir) / "cluster.json").exists():  # multi-server (cluster/book.py): every server, the leases
+        from k3srotd.cluster import book
 
-        cluster_rows, servers = rollplan.status(cfg, clock)
+        cluster_rows, servers = book.status(cfg, clock)
         rows.extend(cluster_rows)
     rows += [("note", note) for note in v.notes]
     rows += [("warning", w) for w in trust.live_report(cfg.live_key, v.live)]  # mode, link, weak RSA, ignored

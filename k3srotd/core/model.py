@@ -10,9 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 VERSION = 1
+
+StepName = Literal["publish", "promote", "prune", "rotate", "rollback"]
+# staged         the intent is written; staging may hold the new file; nothing reached K3s yet
+# upload-failed  rotate-ca failed and so did putting the live set back: the next run uploads the live set again
+# restarting     rotate-ca saved the new set; K3s restarts onto it here (and in turn on every server)
+# rolling        this server runs it; the other servers of the cluster restart onto it in turn
+# rolling-back   the step failed after the upload: the backup is being put back
+# rollback-failed  that failed too: a human restores the backup (the log says how); no step runs until then
+Stage = Literal["staged", "upload-failed", "restarting", "rolling", "rolling-back", "rollback-failed"]
 
 
 def ts(t: Optional[dt.datetime]) -> Optional[str]:
@@ -43,13 +52,13 @@ class KeyRecord:
 class Intent:
     """The step under way. Written durably before the first side effect of the step."""
 
-    step: str  # publish | promote | prune | rotate | rollback
+    step: StepName
     started_at: dt.datetime
     before_kids: list[str]
     target_kids: list[str]
     backup: str  # the live file as it was before the step
     staged_sha256: str
-    stage: str  # staged | uploaded | restarting | rolling-back
+    stage: Stage  # see Stage above
     snapshot: dict[str, Any]  # the state's key records before the step, restored by a rollback
     server_pid: Optional[int] = None
     server_started: Optional[float] = None

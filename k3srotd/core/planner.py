@@ -12,11 +12,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as dt
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Literal, Optional, Protocol, Sequence
 
 from k3srotd.core import prune
 from k3srotd.core.keys import KeyFile
 from k3srotd.core.model import KeyRecord, State
+
+if TYPE_CHECKING:  # an annotation only: `status` need not import the window
+    from k3srotd.core.window import MaintenanceWindow
 
 IDLE, PUBLISHED, PROMOTED = "idle", "published", "promoted"
 
@@ -99,28 +102,39 @@ def retired(state: State, live: KeyFile) -> list[tuple[str, dt.datetime]]:
 # --- target key orders, one per step
 
 
-def publish_order(live: KeyFile, new: str) -> list[str]:
+def publish_order(kids: Sequence[str], new: str) -> list[str]:
     """The new key last: every server verifies it before any signs with it."""
-    return [*live.kids, new]
+    return [*kids, new]
 
 
-def promote_order(live: KeyFile, new: str) -> list[str]:
+def promote_order(kids: Sequence[str], new: str) -> list[str]:
     """The new key first (it signs), the previous signer and the rest after it, in their order."""
-    return [new, *(k for k in live.kids if k != new)]
+    return [new, *(k for k in kids if k != new)]
 
 
-def rotate_order(live: KeyFile, new: str) -> list[str]:
+def rotate_order(kids: Sequence[str], new: str) -> list[str]:
     """The documented K3s procedure: the new key first at once, the old ones after it."""
-    return [new, *live.kids]
+    return [new, *kids]
 
 
-def prune_order(live: KeyFile, drop: Sequence[str]) -> list[str]:
-    return [k for k in live.kids if k not in drop]
+def prune_order(kids: Sequence[str], drop: Sequence[str]) -> list[str]:
+    return [k for k in kids if k not in drop]
+
+
+Action = Literal["publish", "promote", "prune", "rotate"]
+
+
+def rotation_steps(strategy: str, state: State, live: KeyFile) -> list[Action]:
+    """rotate-now's steps from here until a new key signs: a rotation under way is promoted; else staged
+    publishes and then promotes, direct rotates in one step."""
+    if phase(state, live) == PUBLISHED:
+        return ["promote"]
+    return ["rotate"] if strategy == "direct" else ["publish", "promote"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    action: str  # publish | promote | prune | rotate
+    action: Action
     due: dt.datetime  # when policy makes it due
     not_before: dt.datetime  # due, moved into the maintenance window
     drop: tuple[str, ...] = ()  # prune: the kids to drop
@@ -132,7 +146,22 @@ def signer_since(state: State, live: KeyFile, live_mtime: dt.datetime) -> dt.dat
     return rec.signer_since if rec and rec.signer_since else live_mtime
 
 
-def _in_window(window: Any, due: dt.datetime, now: dt.datetime) -> dt.datetime:
+class Policy(Protocol):
+    """What the planner reads of the config (config.Config satisfies it)."""
+
+    @property
+    def strategy(self) -> str: ...
+    @property
+    def publish_wait(self) -> dt.timedelta: ...
+    @property
+    def grace_period(self) -> dt.timedelta: ...
+    @property
+    def rotation_interval(self) -> dt.timedelta: ...
+    @property
+    def maintenance_window(self) -> Optional[MaintenanceWindow]: ...
+
+
+def _in_window(window: Optional[MaintenanceWindow], due: dt.datetime, now: dt.datetime) -> dt.datetime:
     """Due time, moved to the first opening of the window at or after it (and not before now: an overdue step
     waits for the next opening, not one in the past)."""
     if window is None:
@@ -144,7 +173,7 @@ def _in_window(window: Any, due: dt.datetime, now: dt.datetime) -> dt.datetime:
     return result
 
 
-def candidates(cfg: Any, state: State, live: KeyFile, now: dt.datetime, live_mtime: dt.datetime) -> list[Plan]:
+def candidates(cfg: Policy, state: State, live: KeyFile, now: dt.datetime, live_mtime: dt.datetime) -> list[Plan]:
     """Every step policy will want, with its due time. `cfg` needs strategy, publish_wait, grace_period,
     rotation_interval and maintenance_window."""
     out: list[Plan] = []
@@ -160,7 +189,7 @@ def candidates(cfg: Any, state: State, live: KeyFile, now: dt.datetime, live_mti
         out.append(Plan("prune", first, _in_window(win, first, now), drop=drop, reason="grace-period after retire"))
     if ph != PUBLISHED:
         due = signer_since(state, live, live_mtime) + cfg.rotation_interval
-        action = "publish" if cfg.strategy == "staged" else "rotate"
+        action: Action = "publish" if cfg.strategy == "staged" else "rotate"
         out.append(Plan(action, due, _in_window(win, due, now), reason="signer older than rotation-interval"))
     return out
 
@@ -168,7 +197,7 @@ def candidates(cfg: Any, state: State, live: KeyFile, now: dt.datetime, live_mti
 _ORDER = {"promote": 0, "prune": 1, "publish": 2, "rotate": 2}
 
 
-def next_plan(cfg: Any, state: State, live: KeyFile, now: dt.datetime, live_mtime: dt.datetime) -> Optional[Plan]:
+def next_plan(cfg: Policy, state: State, live: KeyFile, now: dt.datetime, live_mtime: dt.datetime) -> Optional[Plan]:
     """The step that comes next: the earliest; on a tie, promote before prune before a new rotation."""
     plans = candidates(cfg, state, live, now, live_mtime)
     if not plans:
@@ -176,7 +205,7 @@ def next_plan(cfg: Any, state: State, live: KeyFile, now: dt.datetime, live_mtim
     return min(plans, key=lambda p: (max(p.not_before, now), _ORDER[p.action]))
 
 
-def due_plan(cfg: Any, state: State, live: KeyFile, now: dt.datetime, live_mtime: dt.datetime) -> Optional[Plan]:
+def due_plan(cfg: Policy, state: State, live: KeyFile, now: dt.datetime, live_mtime: dt.datetime) -> Optional[Plan]:
     p = next_plan(cfg, state, live, now, live_mtime)
     return p if p is not None and p.not_before <= now else None
 

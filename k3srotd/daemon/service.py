@@ -16,6 +16,7 @@ SIGTERM never leaves K3s half-way: the step under way runs to its end or its rol
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import signal
@@ -24,14 +25,15 @@ from types import FrameType
 from typing import TYPE_CHECKING, Optional
 
 from k3srotd import config as config_mod
-from k3srotd.cluster.driver import IDLE_POLL, Waiting
-from k3srotd.cluster.rollplan import Book, node_name
+from k3srotd.cluster.book import Book, node_name
+from k3srotd.cluster.link import IDLE_POLL, Waiting
 from k3srotd.core import keys, planner, schedule
 from k3srotd.core.clock import Clock
 from k3srotd.core.durations import format_duration
 from k3srotd.core.model import ts
 from k3srotd.core.ports import Log
 from k3srotd.engine import session as engine
+from k3srotd.engine.coordinator import Run
 from k3srotd.errors import ConfigError, K3srotdError, LockHeld, RollbackFailed, SafetyRefusal, StepFailed
 from k3srotd.output import logs
 from k3srotd.output.notify import Notifier, watchdog_interval
@@ -56,14 +58,17 @@ class Daemon:
         notifier: Optional[Notifier] = None,
         config_path: Optional[str] = None,
         log_format: Optional[str] = None,
+        run: Optional[Run] = None,
     ) -> None:
         self.cfg = cfg
+        self.options = dataclasses.replace(run or Run(), background=True)
         self.log = log
         self.clock = clock
         self.notifier = notifier or Notifier(None)
         self.config_path = config_path
         self.log_format = log_format
         self.node = node_name(cfg)
+        self.servers = len(Book(cfg.state_dir).servers())  # as last known; each session's coordinator says anew
         self.retry_after: Optional[dt.datetime] = None
         self.halted: Optional[str] = None  # set after a failed rollback: no more steps until a human acts
         self.busy = False
@@ -79,7 +84,7 @@ class Daemon:
         self.heartbeat = self.clock.monotonic()
         try:
             return self._tick(now, act)
-        except Waiting as e:  # multi-server: another server's turn or step; look again soon
+        except Waiting as e:  # another server's turn or step comes first: look again soon
             self._status(f"waiting: {e}")
             return now + dt.timedelta(seconds=e.retry)
         except LockHeld as e:
@@ -110,20 +115,19 @@ class Daemon:
     def _idle_retry(self) -> dt.timedelta:
         """How soon to look again after a refusal or an error: soon on a server known to be one of several (the
         others may wait for its turn to restart), else IDLE_RETRY."""
-        return CLUSTER_RETRY if len(Book(self.cfg.state_dir).servers()) > 1 else IDLE_RETRY
+        return CLUSTER_RETRY if self.servers > 1 else IDLE_RETRY
 
     def _tick(self, now: dt.datetime, act: bool) -> dt.datetime:
         from k3srotd.output.observers import make_events
 
         events = make_events(self.cfg, self.log, self.clock)
-        with engine.Session(
-            self.cfg, self.clock, self.log, events, None, retry_failed_rollback=False, background=True
-        ) as s:
+        with engine.Session(self.cfg, self.clock, self.log, events, None, run=self.options) as s:
             self.halted = None
-            if s.rolling is not None:  # multi-server: do this server's part first; plan only when in step
-                wake: Optional[dt.datetime] = s.rolling.daemon_turn(s.executor, self._status)
-                if wake is not None:
-                    return wake
+            self.servers = len(s.coordinator.servers)
+            waiting = s.coordinator.catch_up(s.state, wait=False)  # another server's step first: plan when in step
+            if waiting is not None:
+                self._status(f"waiting: {waiting[0]}")
+                return self.clock.now() + dt.timedelta(seconds=waiting[1])
             data, live, _ = s.observe()
             if not act:
                 self._status(f"phase {s.phase(live)}; starting")
@@ -159,7 +163,7 @@ class Daemon:
             s.k3s.live_mtime(),
             schedule.splay(self.node, self.cfg.max_splay),
             self.retry_after,
-            self.recheck if s.rolling is None else min(self.recheck, IDLE_POLL),
+            self.recheck if self.servers <= 1 else min(self.recheck, IDLE_POLL),
             automatic=self.cfg.automatic,
         )
 
@@ -307,7 +311,7 @@ class _Loop:
         self.sched.stop()
 
 
-def main(config_path: Optional[str], log_format: Optional[str]) -> int:
+def main(config_path: Optional[str], log_format: Optional[str], run: Optional[Run] = None) -> int:
     cfg = config_mod.load(config_path)  # fatal on a bad config: exit 2 (the unit does not restart on 2)
     log = logs.configure(log_format or cfg.log_format)
-    return Daemon(cfg, log, Clock(), Notifier.from_env(), config_path, log_format).run()
+    return Daemon(cfg, log, Clock(), Notifier.from_env(), config_path, log_format, run).run()

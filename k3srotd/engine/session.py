@@ -7,18 +7,20 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from k3srotd.config import Config
 from k3srotd.core import keys, planner
 from k3srotd.core.clock import Clock
 from k3srotd.core.model import State
+from k3srotd.core.ports import Log
 from k3srotd.errors import ConfigError, SafetyRefusal
 from k3srotd.node.k3s import K3s
 from k3srotd.node.lock import Lock
 from k3srotd.node.store import Store
 
-if TYPE_CHECKING:  # the executor is imported by the commands that act, not by `status`
+if TYPE_CHECKING:  # the executor and the coordinator are imported by the commands that act, not by `status`
+    from k3srotd.engine.coordinator import Coordinator, Run
     from k3srotd.engine.executor import Events, Executor, Progress
 
 
@@ -48,10 +50,10 @@ def view(cfg: Config, clock: Clock, k3s: Optional[K3s] = None) -> View:
     live = keys.parse(data, str(k3s.live_path))
     mtime = k3s.live_mtime()
     state = _load_readonly(store, now)
-    if os.path.exists(os.path.join(cfg.state_dir, "cluster.json")):  # multi-server only (rollplan.BOOK)
-        from k3srotd.cluster import rollplan
+    if os.path.exists(os.path.join(cfg.state_dir, "cluster.json")):  # multi-server only (cluster/book.py)
+        from k3srotd.cluster import book
 
-        state = rollplan.shown_state(cfg.state_dir, state)  # a step rolling out: shown as it will commit
+        state = book.shown_state(cfg.state_dir, state)  # a step rolling out: shown as it will commit
     obs = planner.observe(state, live, now, mtime)
     return View(live, mtime, obs.state, now, obs.notes + tuple(store.notes))
 
@@ -67,16 +69,18 @@ class Session:
         self,
         cfg: Config,
         clock: Clock,
-        log: Any,
+        log: Log,
         events: Optional[Events] = None,
         progress: Optional[Progress] = None,
         k3s: Optional[K3s] = None,
         retry_failed_rollback: bool = False,
-        background: bool = False,
+        run: Optional[Run] = None,
     ) -> None:
+        from k3srotd.engine.coordinator import OneServer, Run
+
         self.cfg = cfg
-        self.background = background  # the daemon: never block on other servers (multi-server)
-        self.rolling: Optional[Any] = None  # multi-server: rolling.Rolling; None on a single server
+        self.run = run or Run()
+        self.coordinator: Coordinator = OneServer(cfg.node_name or "")  # until __enter__ asks the cluster
         self.retry_failed_rollback = retry_failed_rollback
         self.clock = clock
         self.log = log
@@ -105,24 +109,7 @@ class Session:
             self.state = self.store.load(self.clock.now(), resync)
             for note in self.store.notes:
                 self.log.warning("state.rebuilt", msg=note)
-            from k3srotd.cluster import driver as rolling
-            from k3srotd.engine.executor import Executor
-            from k3srotd.identity import gates
-
-            # multi-server: None on a single server; refuses when this server is one of several and cut off
-            self.rolling = rolling.attach(self.cfg, self.k3s, self.log, self.clock, self.progress, self.background)
-            self.executor = Executor(
-                self.cfg,
-                self.k3s,
-                self.store,
-                self.state,
-                self.clock,
-                self.log,
-                self.events,
-                self.progress,
-                checks=gates.step_checks(self.cfg, self.k3s, self.log, self.clock.now),
-                rolling=self.rolling,
-            )
+            self.executor = self._executor()
             intent = self.state.intent
             if intent is not None and intent.stage == "rollback-failed" and self.retry_failed_rollback:
                 return self  # the rollback command retries it itself
@@ -134,9 +121,31 @@ class Session:
             raise
         return self
 
+    def _executor(self) -> Executor:
+        """The executor and its coordinator: how many servers there are is decided here, once for the session;
+        attach refuses when this server is one of several and cut off from them."""
+        from k3srotd.cluster import driver
+        from k3srotd.engine.executor import Executor
+        from k3srotd.engine.restart import Checkpoints, Restarter
+        from k3srotd.identity import gates
+
+        checks = gates.step_checks(self.cfg, self.k3s, self.log, self.clock.now)
+        restarter = Restarter(
+            self.cfg, self.k3s, self.clock, self.log, checks, self.progress, Checkpoints(self.run.crash_at)
+        )
+        self.coordinator = driver.attach(
+            self.cfg, self.k3s, self.log, self.clock, self.progress, restarter, self.store, self.run
+        )
+        return Executor(
+            self.cfg, self.k3s, self.store, self.state, self.clock, self.log, restarter, self.coordinator, self.events
+        )
+
+    def catch_up(self) -> None:
+        """Foreground: do this server's part of another server's step, until a new step may start here."""
+        self.coordinator.catch_up(self.state, wait=True)
+
     def __exit__(self, *exc: object) -> None:
-        if self.rolling is not None:  # multi-server: give the step lease up unless our step is still rolling
-            self.rolling.close(self.state)
+        self.coordinator.close(self.state)
         self.lock.release()
 
     def read_live(self) -> tuple[bytes, keys.KeyFile, dt.datetime]:
@@ -167,7 +176,7 @@ class Session:
     # --- the steps, each composing its target and handing it to the executor
     def publish(self, data: bytes, live: keys.KeyFile) -> keys.KeyFile:
         new = keys.generate(self.cfg.key_size)
-        staged = keys.compose(live, planner.publish_order(live, new.kid), [new])
+        staged = keys.compose(live, planner.publish_order(live.kids, new.kid), [new])
         return self.executor.run("publish", data, live, staged)
 
     def promote(self, data: bytes, live: keys.KeyFile) -> keys.KeyFile:
@@ -175,20 +184,19 @@ class Session:
         if pending is None:
             raise SafetyRefusal("nothing is published to promote; run `k3srotd rotate-now`")
         self.warn_token_lifetime("promote")
-        staged = keys.compose(live, planner.promote_order(live, pending))
+        staged = keys.compose(live, planner.promote_order(live.kids, pending))
         return self.executor.run("promote", data, live, staged)
 
     def rotate_direct(self, data: bytes, live: keys.KeyFile) -> keys.KeyFile:
-        if self.rolling is not None:  # multi-server: only staged (the new key must verify everywhere first)
-            self.rolling.refuse_direct()
+        self.coordinator.refuse_direct()  # on a cluster: only staged (the new key must verify everywhere first)
         new = keys.generate(self.cfg.key_size)
         self.warn_token_lifetime("rotate")
-        staged = keys.compose(live, planner.rotate_order(live, new.kid), [new])
+        staged = keys.compose(live, planner.rotate_order(live.kids, new.kid), [new])
         return self.executor.run("rotate", data, live, staged)
 
     def prune(self, data: bytes, live: keys.KeyFile, drop: tuple[str, ...]) -> keys.KeyFile:
         self.warn_token_lifetime("prune")
-        staged = keys.compose(live, planner.prune_order(live, drop))
+        staged = keys.compose(live, planner.prune_order(live.kids, drop))
         return self.executor.run("prune", data, live, staged)
 
     def promote_gate(self) -> Optional[str]:
@@ -203,8 +211,7 @@ class Session:
         """None when the keys may go; else why live tokens may still need them."""
         from k3srotd.identity import gates
 
-        others = self.rolling.token_check if self.rolling is not None else None
-        return gates.prune_gate(self.cfg, self.k3s, self.log, drop, self.clock.now(), others)
+        return gates.prune_gate(self.cfg, self.k3s, self.log, drop, self.clock.now(), self.coordinator.token_check)
 
     def warn_token_lifetime(self, step: str) -> None:
         from k3srotd.identity import gates

@@ -22,7 +22,7 @@ from k3srotd.config import Config
 from k3srotd.core import keys
 from k3srotd.core.clock import Clock
 from k3srotd.core.ports import Log
-from k3srotd.engine.executor import VerifyFailed
+from k3srotd.core.verify import VerifyFailed
 from k3srotd.errors import K3srotdError
 from k3srotd.node.k3s import K3s
 from k3srotd.node.kubeapi import APIError, KubeAPI

@@ -8,13 +8,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from k3semu.harness import EmulatedCluster, EmulatedServer, subprocess_env
-from k3srotd_node import Node
+from k3srotd_node import K3SROTD, Node
 
 LEASE_SECONDS = 8  # K3SROTD_TEST_LEASE_SECONDS: longer than a restart and its verification here (~2 s)
 
@@ -44,7 +43,7 @@ class ClusterNode(Node):
         out = open(log or self.daemon_log, "ab")  # noqa: SIM115 - handed to the child
         try:
             return subprocess.Popen(
-                [sys.executable, "-m", "k3srotd", "--config", str(self.config), *args],
+                [*K3SROTD, "--config", str(self.config), *args],
                 env=e,
                 stdout=out,
                 stderr=out,

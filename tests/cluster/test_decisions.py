@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from k3srotd import config
-from k3srotd.cluster.leases import STEP_LEASE as STEP
-from k3srotd.cluster.leases import Lease, Report, Server, Step
-from k3srotd.cluster.rollplan import awaited, held_by_window, my_turn, node_name, orphaned, out_of_step
+from k3srotd.cluster.book import node_name
+from k3srotd.core.cluster import STEP_LEASE as STEP
+from k3srotd.core.cluster import Lease, Report, Server, Step
+from k3srotd.core.rollout import awaited, held_by_window, my_turn, orphaned, out_of_step
 from k3srotd.core.window import MaintenanceWindow
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
@@ -153,7 +154,7 @@ def test_node_name_as_k3s_picks_it(
     main = tmp_path / "k3srotd.yaml"
     main.write_text(f"k3s-config: {tmp_path / 'k3s.yaml'}\n" + (f"node-name: {ours}\n" if ours else ""))
     monkeypatch.setattr(socket, "gethostname", lambda: hostname)
-    assert node_name(config.load(str(main)), str(units)) == name
+    assert node_name(config.load(str(main), unit_dir=str(units))) == name
 
 
 WINDOW = MaintenanceWindow.parse({"start": "02:00", "end": "04:00"}, tz=dt.timezone.utc)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -15,7 +14,7 @@ from k3semu import keys as emu_keys
 from k3semu.harness import EmulatedServer, subprocess_env
 
 try:
-    from k3srotd_node import Node  # tests/k3srotd_node.py: the engine tests' Node, shared
+    from k3srotd_node import K3SROTD, Node  # tests/k3srotd_node.py: the engine tests' Node, shared
 except ImportError:  # older tree: Node still lives in tests/engine/conftest.py
     _spec = importlib.util.spec_from_file_location("engine_node", Path(__file__).parents[1] / "engine" / "conftest.py")
     assert _spec is not None and _spec.loader is not None
@@ -61,7 +60,7 @@ class IdNode(Node):  # type: ignore[misc,valid-type]
         e.pop("JOURNAL_STREAM", None)
         log = open(self.bg_log, "w")  # noqa: SIM115 (closed with the process, in wait_bg)
         self.bg = subprocess.Popen(
-            [sys.executable, "-m", "k3srotd", "--config", str(self.config), *args],
+            [*K3SROTD, "--config", str(self.config), *args],
             env=e,
             stdout=subprocess.PIPE,
             stderr=log,

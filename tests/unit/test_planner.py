@@ -88,7 +88,7 @@ def test_full_staged_cycle_through_committed_states() -> None:
     t0 = T("2026-05-01T10:00:00")
     s = planner.observe(State(), live("a"), t0, T("2026-01-01T00:00:00")).state
     # publish: new key last, verify-only
-    assert planner.publish_order(live("a"), kid("n")) == [kid("a"), kid("n")]
+    assert planner.publish_order(live("a").kids, kid("n")) == [kid("a"), kid("n")]
     s = planner.committed(s, "publish", [kid("a")], [kid("a"), kid("n")], t0)
     lf = live("a", "n")
     assert planner.phase(s, lf) == planner.PUBLISHED
@@ -96,7 +96,7 @@ def test_full_staged_cycle_through_committed_states() -> None:
     assert (plan.action, plan.not_before) == ("promote", T("2026-05-01T10:10:00"))
     # promote: new first, old retired now
     t1 = T("2026-05-01T10:10:00")
-    assert planner.promote_order(lf, kid("n")) == [kid("n"), kid("a")]
+    assert planner.promote_order(lf.kids, kid("n")) == [kid("n"), kid("a")]
     s = planner.committed(s, "promote", lf.kids, [kid("n"), kid("a")], t1)
     lf = live("n", "a")
     assert s.keys[kid("a")].retired_at == t1 and s.keys[kid("n")].signer_since == t1
@@ -127,7 +127,7 @@ def test_keys_retired_at_different_times_are_pruned_each_after_its_grace() -> No
     now = T("2026-01-03T12:00:00")
     plan = planner.due_plan(Cfg(), s, lf, now, now)
     assert plan.action == "prune" and plan.drop == (kid("b"),)
-    assert planner.prune_order(lf, plan.drop) == [kid("a"), kid("c")]
+    assert planner.prune_order(lf.kids, plan.drop) == [kid("a"), kid("c")]
 
 
 def test_a_signer_changed_by_hand_is_adopted_not_fought() -> None:

@@ -1,0 +1,132 @@
+"""This server's link to the other servers, shared by its driver and follower parts: the picture of the cluster
+(Nodes, the step, every report), its own report, its turn to restart (k3srotd-restart), and the log lines said
+once per change. The API objects: leases.py; the decisions: core/rollout.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any, Optional, Sequence
+
+from k3srotd.cluster.book import Book
+from k3srotd.cluster.leases import Cluster, Held
+from k3srotd.core.clock import Clock
+from k3srotd.core.cluster import RESTART_LEASE, STEP_LEASE, TOKENS_LEASE, Report, Server, Step
+from k3srotd.core.ports import Log
+from k3srotd.engine.restart import Progress
+from k3srotd.errors import LockHeld
+from k3srotd.node.kubeapi import APIError
+
+LOOK_SECONDS = 1.0  # between looks at the cluster while a step is open
+TURN_POLL = 0.25  # between tries for the restart lease
+TURN_WAIT = 20.0  # a follower waits this long for its turn within one look
+IDLE_POLL = dt.timedelta(seconds=2)  # the daemon looks at the cluster at least this often
+HEARTBEAT = 30.0  # a report is rewritten at least this often
+API_RETRY = 5.0  # after the API could not be reached
+
+
+class Waiting(LockHeld):
+    """Not a failure: the step waits for another server. The daemon looks again after `retry` seconds; a command
+    says so and exits 4, like a held lock."""
+
+    def __init__(self, message: str, retry: float = LOOK_SECONDS) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
+class Link:
+    def __init__(
+        self,
+        cluster: Cluster,
+        book: Book,
+        clock: Clock,
+        log: Log,
+        progress: Optional[Progress],
+        background: bool,
+        servers: list[Server],
+    ) -> None:
+        self.cluster = cluster
+        self.book = book
+        self.clock = clock
+        self.log = log
+        self.progress = progress
+        self.background = background  # the daemon: never block on other servers
+        self.servers = servers
+        self.me = cluster.me
+        self.check_id = ""  # the token check asked on k3srotd-tokens, as last read
+        self.mine: Optional[Report] = None
+
+    def picture(self) -> tuple[list[Server], Optional[Step], dict[str, Report]]:
+        leases = self.cluster.leases()
+        self.servers = self.cluster.servers()
+        reports = Cluster.reports(leases)
+        if self.mine is None:
+            self.mine = reports.get(self.me)
+        self.check_id = leases[TOKENS_LEASE].ann("check-id") if TOKENS_LEASE in leases else ""
+        return self.servers, Step.from_lease(leases.get(STEP_LEASE)), reports
+
+    def say(self, event: str, text: str, level: str = "info") -> None:
+        """Log `text` once per change (the daemon looks every second; the log should not)."""
+        if self.book.load().get("said") == text:
+            return
+        self.book.update(said=text)
+        getattr(self.log, level)(event, msg=text, node=self.me)
+
+    def report(self, live_kids: Sequence[str], sha: str, force: bool = False, **fields: str) -> None:
+        cur = self.mine
+        new = Report(
+            node=self.me,
+            live_kids=list(live_kids),
+            live_sha=sha,
+            step_id=fields.get("step_id", cur.step_id if cur else ""),
+            result=fields.get("result", cur.result if cur else ""),
+            error=fields.get("error", cur.error if cur else ""),
+            at=None,
+            valid_until=None,
+            tokens_check=fields.get("tokens_check", cur.tokens_check if cur else ""),
+            tokens=fields.get("tokens", cur.tokens if cur else ""),
+        )
+        # rewritten when it changes, else about every HEARTBEAT: each write is a datastore write on every server
+        every = min(HEARTBEAT, self.cluster.duration / 2)
+        fresh = cur is not None and cur.at is not None and (self.clock.now() - cur.at).total_seconds() < every
+        if not force and fresh and cur is not None and cur.annotations() == new.annotations():
+            return
+        lease = self.cluster.report(new)
+        self.mine = Report.from_lease(lease)
+
+    def take_restart_lease(self, what: str, limit: Optional[float]) -> Optional[str]:
+        """None once this server holds k3srotd-restart; else why not, after waiting up to `limit` seconds."""
+        start = self.clock.monotonic()
+        while True:
+            try:
+                self.cluster.acquire(RESTART_LEASE)
+                return None
+            except (Held, APIError) as h:
+                why = f"{what} waits for its turn: {h}"
+                waited = self.clock.monotonic() - start
+                if limit is not None and waited >= limit:
+                    return why
+                self.say("rolling.turn", why)
+                if self.progress is not None:
+                    self.progress(why, waited)
+                self.clock.sleep(TURN_POLL)
+
+    def release(self, name: str) -> None:
+        try:
+            self.cluster.release(name)
+        except APIError as e:  # it expires by itself
+            self.log.warning("rolling.release", msg=f"could not release {name} ({e}); it expires by itself")
+
+    def new_id(self) -> str:
+        """Unique across the cluster and readable: when, by whom."""
+        return f"{self.clock.now().strftime('%Y%m%dT%H%M%SZ')}-{self.me}-{uuid.uuid4().hex[:6]}"
+
+    def tried(self) -> dict[str, str]:
+        got: Any = self.book.load().get("tried") or {}
+        return dict(got) if isinstance(got, dict) else {}
+
+    def note_tried(self, step_id: str, result: str) -> None:
+        tried = self.tried()
+        tried[step_id] = result
+        self.book.update(tried=dict(list(tried.items())[-20:]))

@@ -1,0 +1,67 @@
+"""What the manual commands share: the one-line summary, a wait with progress, and SIGTERM handled as the daemon
+does: a step under way runs to its end (or its rollback) first, then the command stops."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import signal
+from typing import Any, Callable, Iterator, Optional
+
+from k3srotd.core import keys
+from k3srotd.core.clock import Clock
+from k3srotd.core.durations import format_duration
+from k3srotd.engine.restart import Progress
+from k3srotd.engine.session import Session
+from k3srotd.errors import K3srotdError
+
+Confirm = Callable[[str], bool]
+
+
+class Terminated(K3srotdError):
+    """SIGTERM: no step was under way, or the one under way has ended."""
+
+    exit_code = 1
+
+
+def summary(live: keys.KeyFile, phase: str) -> str:
+    return f"phase {phase}: {live.signer.kid} signs; keys in order: {', '.join(live.kids)}"
+
+
+def wait_until(clock: Clock, until: dt.datetime, what: str, progress: Optional[Progress]) -> None:
+    start = clock.monotonic()
+    while True:
+        left = (until - clock.now()).total_seconds()
+        if left <= 0:
+            return
+        if progress is not None:
+            progress(f"{what}: {format_duration(dt.timedelta(seconds=left))} left", clock.monotonic() - start)
+        clock.sleep(min(left, 1.0))
+
+
+class Stop:
+    """Installed for a command's session: SIGTERM outside a step stops the command at once; inside one (an intent
+    is recorded) it is noted, and `check()` stops the command once the step has ended."""
+
+    def __init__(self) -> None:
+        self.session: Optional[Session] = None
+        self.requested = False
+
+    def _on_term(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        if self.session is None or self.session.state.intent is None:
+            raise Terminated("stopped by SIGTERM")
+
+    def check(self, after: str) -> None:
+        if self.requested:
+            raise Terminated(f"stopped by SIGTERM after {after}")
+
+    @contextlib.contextmanager
+    def around(self, session: Session) -> Iterator[Session]:
+        self.session = session
+        old = signal.signal(signal.SIGTERM, self._on_term)
+        try:
+            with session as s:
+                yield s
+        finally:
+            signal.signal(signal.SIGTERM, old)

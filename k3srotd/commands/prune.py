@@ -1,0 +1,86 @@
+"""`k3srotd prune`: drop retired keys whose grace-period has passed (`--force`: before that), and its dry run."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Optional
+
+import click
+
+from k3srotd.commands.common import Confirm, Stop, summary
+from k3srotd.config import Config
+from k3srotd.core import keys, planner
+from k3srotd.core import prune as core_prune
+from k3srotd.core.clock import Clock
+from k3srotd.core.model import State
+from k3srotd.core.ports import Log
+from k3srotd.engine import session as engine
+from k3srotd.engine.coordinator import Run
+from k3srotd.engine.executor import Events
+from k3srotd.engine.restart import Progress
+from k3srotd.errors import SafetyRefusal
+
+
+def _prunable(cfg: Config, state: State, live: keys.KeyFile, now: dt.datetime, force: bool) -> list[str]:
+    return core_prune.due(planner.retired(state, live), cfg.grace_period, now, force)
+
+
+def _refuse_grace(cfg: Config, state: State, live: keys.KeyFile) -> SafetyRefusal:
+    return SafetyRefusal(core_prune.grace_refusal(live.path, planner.retired(state, live), cfg.grace_period))
+
+
+def prune(
+    cfg: Config,
+    log: Log,
+    events: Optional[Events],
+    progress: Optional[Progress],
+    force: bool,
+    yes: bool,
+    ignore_window: bool,
+    confirm: Confirm,
+    clock: Optional[Clock] = None,
+    run: Optional[Run] = None,
+) -> None:
+    clock = clock or Clock()
+    session = engine.Session(
+        cfg, clock, log, events, progress, run=dataclasses.replace(run or Run(), ignore_window=ignore_window)
+    )
+    with Stop().around(session) as s:
+        s.catch_up()  # a cluster: this server's part of another server's step first
+        data, live, obs = s.observe()
+        if obs.adopted:
+            raise SafetyRefusal(f"{obs.notes[0]}. Run prune again to prune from it")
+        if not planner.retired(s.state, live):
+            click.echo("nothing to prune: no retired key is published")
+            return
+        drop = _prunable(cfg, s.state, live, clock.now(), force)
+        if not drop:
+            raise _refuse_grace(cfg, s.state, live)
+        if force and not yes:
+            early = [k for k in drop if k not in _prunable(cfg, s.state, live, clock.now(), False)]
+            if early and not confirm(
+                f"Drop {len(early)} key(s) before their grace-period? Tokens they signed stop working"
+            ):
+                raise click.exceptions.Abort()
+        if not force:
+            reason = s.prune_gate(tuple(drop))
+            if reason is not None:
+                raise SafetyRefusal(f"prune delayed: {reason}. `prune --force` overrides")
+        engine.require_window(cfg, clock.now(), "prune", ignore_window)
+        live = s.prune(data, live, tuple(drop))
+        click.echo(f"pruned {', '.join(drop)}; " + summary(live, s.phase(live)))
+
+
+def prune_dry_run(cfg: Config, force: bool, clock: Optional[Clock] = None) -> None:
+    clock = clock or Clock()
+    v = engine.view(cfg, clock)
+    if not planner.retired(v.state, v.live):
+        click.echo("nothing to prune: no retired key is published")
+        return
+    drop = _prunable(cfg, v.state, v.live, v.now, force)
+    if not drop:
+        raise _refuse_grace(cfg, v.state, v.live)
+    keep = planner.prune_order(v.live.kids, drop)
+    click.echo(f"would prune {', '.join(drop)}: stage {', '.join(keep)}; rotate-ca; restart; verify")
+    click.echo("dry run: nothing was written, run or restarted")
