@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Events", "Executor", "Progress", "VerifyFailed"]
 
-# The contract's step events; a direct rotation publishes and promotes the new key in one step, so it reports
+# The documented step events (README, journald); a direct rotation publishes and promotes the new key in one step, so it reports
 # both (with step=rotate), and whoever watches promote.done learns of every new signer.
 DONE_EVENTS = {"rotate": ("publish.done", "promote.done")}
 
