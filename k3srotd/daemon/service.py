@@ -335,8 +335,10 @@ class _Loop:
         from k3srotd.core.cluster import STEP_LEASE, TOKENS_LEASE
         from k3srotd.node.kubeapi import KubeAPI
 
-        cfg = d.cfg
-        d.watcher = Watcher(lambda: KubeAPI(cfg.kubeconfig, cfg.k3s_server_url), (STEP_LEASE, TOKENS_LEASE), self.poke)
+        # the config as it is at each (re)connection: a reload may change the API's address
+        d.watcher = Watcher(
+            lambda: KubeAPI(d.cfg.kubeconfig, d.cfg.k3s_server_url), (STEP_LEASE, TOKENS_LEASE), self.poke
+        )
         d.watcher.start()
 
     def poke(self) -> None:
