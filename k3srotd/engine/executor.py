@@ -221,15 +221,18 @@ class Executor:
             new = planner.committed(self.state, step, intent.before_kids, target.kids, now)
             self.state.keys, self.state.pending = new.keys, new.pending
             self.state.published_at, self.state.last_rotation = new.published_at, new.last_rotation
-        self.state.last_step = LastStep(
-            step=step,
-            completed_at=now,
-            before_kids=intent.before_kids,
-            target_kids=target.kids,
-            backup=intent.backup,
-            snapshot=intent.snapshot,
-            backup_sha256=intent.backup_sha256,
-        )
+        if step == "rehearse":  # changes no key: `rollback` still undoes the last real step
+            self.state.rehearsed = {"at": ts(now) or "", "k3s_version": self.k3s.version() or "unknown"}
+        else:
+            self.state.last_step = LastStep(
+                step=step,
+                completed_at=now,
+                before_kids=intent.before_kids,
+                target_kids=target.kids,
+                backup=intent.backup,
+                snapshot=intent.snapshot,
+                backup_sha256=intent.backup_sha256,
+            )
         self.state.intent = None
         self.state.last_success[step] = ts(now) or ""
         self.store.save(self.state)
@@ -251,7 +254,8 @@ class Executor:
                 kids=target.kids,
                 phase=phase,
             )
-            self._emit(event, target, phase)
+            if step != "rehearse":  # the hooks' step events are the contract's; a rehearsal is logged only
+                self._emit(event, target, phase)
 
     # --- helpers
     def _intent(self) -> Intent:

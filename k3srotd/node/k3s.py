@@ -132,6 +132,14 @@ class K3s:
 
         return runner.run(self.cfg.restart_command, timeout=self.cfg.restart_timeout.total_seconds())
 
+    def version(self) -> Optional[str]:
+        """The release `k3s --version` names (e.g. v1.31.4+k3s1), or None when it names none."""
+        from k3srotd.core import versions
+        from k3srotd.node import runner
+
+        res = runner.run([self.cfg.k3s_bin, "--version"], timeout=20)
+        return versions.release(res.stdout + res.stderr) if res.ok else None
+
     def api(self) -> KubeAPI:
         from k3srotd.node.kubeapi import KubeAPI
 
