@@ -10,7 +10,7 @@ from typing import Optional
 
 import click
 
-from k3srotd.commands.common import Confirm, Stop, summary
+from k3srotd.commands.common import Confirm, Stop, refuse_other_rotator, summary
 from k3srotd.config import Config
 from k3srotd.core.clock import Clock
 from k3srotd.core.ports import Log
@@ -33,19 +33,20 @@ def rehearse(
     run: Optional[Run] = None,
 ) -> None:
     from k3srotd.identity import gates
-    from k3srotd.node import keymanager
 
     clock = clock or Clock()
     k3s = K3s(cfg)
     gates.require_usable_issuer(cfg, k3s)  # the same refusals as a real step, before any change
-    keymanager.refuse_if_installed(k3s.api(), "rehearse")
+    refuse_other_rotator(cfg, k3s, "rehearse")
     run = dataclasses.replace(run or Run(), ignore_window=ignore_window)
     session = engine.Session(cfg, clock, log, events, progress, run=run)
     with Stop().around(session) as s:
         s.catch_up()  # a cluster: this server's part of another server's step first
         if s.executor.resumed is not None and s.executor.resumed[0] == "rehearse":
             _, live, _ = s.read_live()
-            click.echo(f"an earlier rehearsal was interrupted and is {s.executor.resumed[1]}; " + summary(live, s.phase(live)))
+            click.echo(
+                f"an earlier rehearsal was interrupted and is {s.executor.resumed[1]}; " + summary(live, s.phase(live))
+            )
             return
         data, live, _ = s.observe()
         engine.require_window(cfg, clock.now(), "rehearse", ignore_window)
