@@ -117,10 +117,29 @@ class JsonStore(Generic[T]):
         except _BROKEN as e:
             raise CorruptFile(f"{type(e).__name__}: {cut(str(e), 120)}") from None
 
+    def load_or(self, default: Callable[[], T]) -> T:
+        """For files that only remember (the books, the token history): a missing, unreadable or corrupt file
+        reads as `default()`, and the next save rewrites it."""
+        try:
+            return self.load(default)
+        except (CorruptFile, ConfigError):
+            return default()
+
     def save(self, value: T) -> None:
         ensure_private_dir(self.path.parent)
         data = json.dumps(self.encode(value), indent=1, sort_keys=True).encode() + b"\n"
         write_atomic(self.path, data)
+
+
+def json_object(data: Any) -> dict[str, Any]:
+    """A book's decode: a JSON object, as written."""
+    if not isinstance(data, dict):
+        raise CorruptFile(f"holds a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def as_is(value: T) -> T:
+    return value
 
 
 def decode_state(data: Any) -> State:
