@@ -20,6 +20,7 @@ from k3srotd.core.model import Intent
 Start = Literal["none", "halt", "roll-back", "rejoin", "check"]  # rejoin: when published, else check
 Rejoin = Literal["restart", "verify", "await"]
 Settle = Literal["commit", "undo", "forget"]
+Resumed = Literal["finished", "undone", "rolled-back", "forgotten"]  # how the engine ended the step
 
 
 def start(intent: Optional[Intent]) -> Start:

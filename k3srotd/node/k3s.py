@@ -73,7 +73,7 @@ class K3s:
     def live_bytes(self) -> bytes:
         """The live file, read only if it is a regular file, with a size cap (a link to /dev/zero or a FIFO there
         must neither fill memory nor hang)."""
-        from k3srotd.node.files import read_regular
+        from k3srotd.node.store import read_regular
 
         try:
             return read_regular(self.live_path)
@@ -92,7 +92,7 @@ class K3s:
     def current_kid(self) -> Optional[str]:
         """The kid K3s signs with: its service.current.key, written at every start."""
         from k3srotd.core import keys
-        from k3srotd.node.files import read_regular
+        from k3srotd.node.store import read_regular
 
         try:
             data = read_regular(self.cfg.current_key)
