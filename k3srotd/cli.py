@@ -1,6 +1,6 @@
 """The command line. Only click is imported at module level: `k3srotd --version` must cost no more.
 
-At this boundary a known error (K3srotdError) is one line and the contract's exit code; anything else is
+At this boundary a known error (K3srotdError) is one line and the documented exit code; anything else is
 "unexpected", with its traceback only under --debug.
 """
 
@@ -41,7 +41,7 @@ class Ctx:
 
             self._cfg = config.load(self.config_path)
             explicit = self.config_path  # click fills it from K3SROTD_CONFIG too
-            if explicit and not os.path.exists(explicit):  # all defaults, as the contract says; a typo shows here
+            if explicit and not os.path.exists(explicit):  # all defaults, as documented; a typo shows here
                 click.echo(f"k3srotd: {explicit}: does not exist; using the defaults and {explicit}.d/*.yaml", err=True)
             unsafe = config.short_grace_warning(self._cfg)
             if unsafe:

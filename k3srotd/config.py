@@ -66,7 +66,7 @@ class Config:
     hooks_dir: str = "/etc/k3srotd/hooks.d"
     automatic: bool = False  # the daemon starts rotations and prunes on its own only when the operator opted in
     unsafe_short_grace: bool = False  # allows a grace-period under GRACE_FLOOR (tests, demos); every command warns
-    # beyond the contract's table (see the README)
+    # keys of our own beyond the basic table (see the README)
     max_splay: dt.timedelta = dt.timedelta(minutes=15)  # the daemon delays due steps by up to this, per node
     node_name: str = ""  # this server's Node in multi-server coordination; empty: K3s's node-name, else the hostname
     server_name: str = ""  # node-name as resolved once at load: ours, K3s's, the installer's env file; "": hostname
@@ -254,7 +254,7 @@ SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
 
 def _layered(main: Path, trusted: bool = False) -> tuple[dict[str, tuple[Any, str]], list[str]]:
     """Main file then FILE.d/*.yaml in lexical order; later keys override. Values carry their source file.
-    A missing main file means all defaults (the contract), also for --config: its drop-ins still count.
+    A missing main file means all defaults, also for --config: its drop-ins still count.
     `trusted`: k3srotd's own config, which names what root runs: each file and the folder must be root's."""
     from k3srotd.node.ownership import require_path
     from k3srotd.node.yamlfile import read_yaml

@@ -21,9 +21,11 @@ Confirm = Callable[[str], bool]
 
 
 class Terminated(K3srotdError):
-    """SIGTERM: no step was under way, or the one under way has ended."""
+    """SIGTERM: no step was under way, or the one under way has ended (done, or rolled back). Not exit 1: that
+    says the keys are as they were, and a step that ended before the stop may have changed them. 143 is what a
+    shell reports for a process ended by SIGTERM (128 + 15)."""
 
-    exit_code = 1
+    exit_code = 143
 
 
 def refuse_other_rotator(cfg: Config, k3s: K3s, what: str) -> None:
@@ -65,7 +67,7 @@ class Stop:
 
     def check(self, after: str) -> None:
         if self.requested:
-            raise Terminated(f"stopped by SIGTERM after {after}")
+            raise Terminated(f"stopped by SIGTERM after {after}; run the command again to go on")
 
     @contextlib.contextmanager
     def around(self, session: Session) -> Iterator[Session]:

@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Events", "Executor", "Progress", "VerifyFailed"]
 
-# The contract's step events; a direct rotation publishes and promotes the new key in one step, so it reports
-# both (with step=rotate), and whoever watches promote.done learns of every new signer.
+# The step events the README documents; a direct rotation publishes and promotes the new key in one step, so
+# it reports both (with step=rotate), and whoever watches promote.done learns of every new signer.
 DONE_EVENTS = {"rotate": ("publish.done", "promote.done")}
 
 Events = Callable[[str, str, Sequence[str], str], None]  # event, signer kid, kids, phase
