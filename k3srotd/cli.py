@@ -158,6 +158,23 @@ def rollback(obj: Ctx, yes: bool, ignore_window: bool) -> None:
 
 
 @cli.command()
+@click.option("--yes", is_flag=True, help="Do not ask.")
+@click.option("--ignore-window", is_flag=True, help="Run outside maintenance-window.")
+@click.pass_obj
+def rehearse(obj: Ctx, yes: bool, ignore_window: bool) -> None:
+    """Rehearse one step with the live key set unchanged: stage the same bytes, rotate-ca, restart K3s (every server
+    in turn on a cluster) and run every check; asks first unless --yes.
+
+    Rolls back like any step when a check fails. doctor warns until a rehearsal has passed since the last K3s
+    upgrade.
+    """
+    from k3srotd.commands import rehearse as command
+
+    log = obj.logger()
+    command.rehearse(obj.cfg, log, _events(obj, log), _progress(log), yes, ignore_window, _confirm, run=obj.run)
+
+
+@cli.command()
 @click.option(
     "--json",
     "as_json",

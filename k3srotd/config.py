@@ -256,7 +256,7 @@ def _layered(main: Path, trusted: bool = False) -> tuple[dict[str, tuple[Any, st
     """Main file then FILE.d/*.yaml in lexical order; later keys override. Values carry their source file.
     A missing main file means all defaults, also for --config: its drop-ins still count.
     `trusted`: k3srotd's own config, which names what root runs: each file and the folder must be root's."""
-    from k3srotd.node import trust
+    from k3srotd.node.ownership import require_path
     from k3srotd.node.yamlfile import read_yaml
 
     merged: dict[str, tuple[Any, str]] = {}
@@ -266,12 +266,12 @@ def _layered(main: Path, trusted: bool = False) -> tuple[dict[str, tuple[Any, st
         files.append(main)
     dropin = Path(str(main) + ".d")
     if trusted:
-        trust.require_path(str(dropin), "the config's drop-in folder")
+        require_path(str(dropin), "the config's drop-in folder")
     if dropin.is_dir():
         files.extend(sorted(p for p in dropin.iterdir() if p.suffix == ".yaml" and p.is_file()))
     for f in files:
         if trusted:
-            trust.require_path(str(f), "the config")
+            require_path(str(f), "the config")
         sources.append(str(f))
         for k, v in read_yaml(f).items():
             if not isinstance(k, (str, int, float, bool)) and k is not None:

@@ -8,12 +8,14 @@ import datetime as dt
 import signal
 from typing import Any, Callable, Iterator, Optional
 
+from k3srotd.config import Config
 from k3srotd.core import keys
 from k3srotd.core.clock import Clock
 from k3srotd.core.durations import format_duration
 from k3srotd.engine.restart import Progress
 from k3srotd.engine.session import Session
 from k3srotd.errors import K3srotdError
+from k3srotd.node.k3s import K3s
 
 Confirm = Callable[[str], bool]
 
@@ -24,6 +26,15 @@ class Terminated(K3srotdError):
     shell reports for a process ended by SIGTERM (128 + 15)."""
 
     exit_code = 143
+
+
+def refuse_other_rotator(cfg: Config, k3s: K3s, what: str) -> None:
+    """SafetyRefusal (exit 3) while Microsoft's Key Manager extension rotates this same key (node/keymanager.py);
+    with verify-api false the API is not asked, as by the daemon."""
+    from k3srotd.node import keymanager
+
+    if cfg.verify_api:
+        keymanager.refuse_if_installed(k3s.api(), what)
 
 
 def summary(live: keys.KeyFile, phase: str) -> str:
