@@ -314,6 +314,8 @@ class ClusterCoordinator:
                 data, live = self.follower._live()
                 if sha256(data) == step.target_sha:
                     link.report(live.kids, step.target_sha, force=True, step_id=step.id, result="ok", error="")
+            elif mine is not None:  # kept fresh while it waits: the others restart only while every report is
+                link.report(mine.live_kids, mine.live_sha)
             servers, cur, reports = link.picture()
         except APIError as e:
             return [("the API", f"cannot reach the API ({e})")], [], len(link.servers)

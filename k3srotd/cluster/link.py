@@ -78,8 +78,10 @@ class Link:
         """Why this server may not restart now, or None: every other server must be up and serving (one down
         already and a restart here may take etcd below its quorum), and, on K3s without PR #11844, its join
         target must run the published step first."""
+        if self.mine is not None:  # a report kept fresh while this server waits: the others judge it by that
+            self.report(self.mine.live_kids, self.mine.live_sha)
         servers, step, reports = self.picture()
-        down = not_serving(servers, reports, self.me, self.clock.now())
+        down = not_serving(servers, reports, self.me, self.clock.now(), reported=False)
         if down:
             return "every other server must be up and serving first: " + ", ".join(down)
         return join_wait(step, reports, self.me)

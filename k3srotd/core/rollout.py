@@ -173,9 +173,12 @@ def members(
     return [out[k] for k in sorted(out)], None
 
 
-def not_serving(servers: Sequence[Server], reports: dict[str, Report], me: str, now: dt.datetime) -> list[str]:
+def not_serving(
+    servers: Sequence[Server], reports: dict[str, Report], me: str, now: dt.datetime, reported: bool = True
+) -> list[str]:
     """The OTHER servers that are not up and serving, each with why: its kube-apiserver renews its identity Lease,
-    its Node is Ready (where it has one), its k3srotd's report is fresh. A restart here waits until none is left."""
+    its Node is Ready (where it has one) and (`reported`: before a step starts) its k3srotd's report is fresh. A
+    restart waits for the first two only: a k3srotd that stopped in the middle of a step takes no K3s down."""
     by_identity = any(s.api is not None for s in servers)
     out = []
     for srv in servers:
@@ -190,9 +193,9 @@ def not_serving(servers: Sequence[Server], reports: dict[str, Report], me: str, 
         if srv.node and srv.ready != "True":
             why.append(f"Node Ready {srv.ready or 'unknown'}" + (f" ({srv.reason})" if srv.reason else ""))
         r = reports.get(srv.name)
-        if r is None:
+        if r is None and reported:
             why.append("its k3srotd has never reported")
-        elif not r.fresh(now):
+        elif r is not None and reported and not r.fresh(now):
             why.append(f"its k3srotd has not reported since {ts(r.at) if r.at else 'never'}")
         if why:
             out.append(f"{srv.name} ({'; '.join(why)})")
