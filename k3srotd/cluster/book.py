@@ -16,7 +16,7 @@ from k3srotd.config import Config
 from k3srotd.core.clock import Clock
 from k3srotd.core.cluster import RESTART_LEASE, STEP_LEASE, Lease, Report, Server, Step
 from k3srotd.core.model import State, ts
-from k3srotd.core.rollout import awaited, members, short
+from k3srotd.core.rollout import awaited, join_refusal, members, not_serving, short
 from k3srotd.core.rollout import shown_state as _shown
 from k3srotd.errors import ConfigError
 from k3srotd.node.kubeapi import APIError
@@ -81,8 +81,8 @@ def status(cfg: Config, clock: Clock) -> tuple[list[tuple[str, str]], list[str]]
     me = node_name(cfg)
     cluster = Cluster(KubeAPI(cfg.kubeconfig, cfg.k3s_server_url, timeout=5.0), me, clock, lease_seconds(cfg))
     try:
-        servers = cluster.servers()
-        leases = cluster.leases()
+        nodes = cluster.servers()
+        leases, apis = cluster.snapshot()
     except (APIError, ConfigError) as e:
         return [
             (
@@ -94,7 +94,14 @@ def status(cfg: Config, clock: Clock) -> tuple[list[tuple[str, str]], list[str]]
     now = clock.now()
     step = Step.from_lease(leases.get(STEP_LEASE))
     reports = Cluster.reports(leases)
+    servers, disagree = members(nodes, apis, reports)
+    servers = servers or nodes
     rows = [("servers", f"{len(servers)} ({', '.join(s.name for s in servers)}); this is {me}")]
+    if disagree is not None:
+        rows.append(("server count", f"refused: {disagree}"))
+    down = not_serving(servers, reports, me, now)
+    if down:  # a step starts (and a restart begins) only when every other server is up and serving
+        rows.append(("not serving", ", ".join(down)))
     for name, label in ((STEP_LEASE, "step lease"), (RESTART_LEASE, "restart lease")):
         rows.append((label, _lease_text(leases.get(name), now)))
     if step is not None:
@@ -220,3 +227,26 @@ def count_servers(
         reports[me] = Report(me, [], "", "", "", "", None, None, **ident)
     servers, disagree = members(nodes, apis, reports)
     return (servers or nodes), disagree
+
+
+def doctor(cfg: Config, k3s: Any, clock: Clock) -> tuple[str, str]:
+    """doctor's `servers` line: PASS with the count; FAIL when the counts of servers disagree, or when K3s without
+    PR #11844 joins a server through a load balancer (core.rollout.join_refusal)."""
+    if not cfg.verify_api:
+        return "SKIP", "servers: verify-api is false, the cluster is not asked"
+    me = node_name(cfg)
+    cluster = Cluster(k3s.api(), me, clock, lease_seconds(cfg))
+    try:
+        nodes = cluster.servers()
+        ident = identity(cfg, k3s, k3s_version(cluster))
+        servers, disagree = count_servers(cluster, nodes, me, ident)
+        reports = Cluster.reports(cluster.leases())
+    except (APIError, ConfigError) as e:
+        return "FAIL", f"servers: the cluster cannot say how many servers it has: {e}"
+    reports.setdefault(me, Report(me, [], "", "", "", "", None, None, **ident))
+    if disagree is not None:
+        return "FAIL", f"servers: {disagree}"
+    refusal = join_refusal(servers, reports)
+    if refusal is not None:
+        return "FAIL", f"servers: {refusal}"
+    return "PASS", f"servers: {len(servers)} ({', '.join(s.name for s in servers)})"

@@ -80,14 +80,18 @@ class ClusterNode(Node):
 
 
 class Cluster:
-    def __init__(self, root: Path, n: int = 3) -> None:
+    def __init__(
+        self, root: Path, n: int = 3, join: Optional[str] = None, version: Optional[str] = None, agent: bool = True
+    ) -> None:
         # kube-controller-manager's node-monitor grace (40 s) and the kubelet's node lease, shortened with the real
         # flags so that a stopped server's Node turns Unknown within seconds, as it would after 40 s
         grace = [
             "--kube-controller-manager-arg=node-monitor-grace-period=2s",
             "--kubelet-arg=node-lease-duration-seconds=2",
         ]
-        self.emu = EmulatedCluster(n, root / "k3s", extra_args=grace)
+        if not agent:  # servers without a Node (K3s registers one only for a server that runs an agent)
+            grace.append("--disable-agent")
+        self.emu = EmulatedCluster(n, root / "k3s", extra_args=grace, join=join, version=version)
         self.nodes = [
             ClusterNode(root / f"node-{i}", srv, str(srv.node_name)) for i, srv in enumerate(self.emu.servers)
         ]
