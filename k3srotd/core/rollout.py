@@ -142,8 +142,8 @@ def members(
 ) -> tuple[list[Server], Optional[str]]:
     """The cluster's servers: one per kube-apiserver (its identity Lease), named as its k3srotd reports (node
     name, or its hostname, which the Lease's label carries), and every control-plane Node. Without identity Leases
-    (Kubernetes before 1.26) the Nodes alone. ([], why) when the counts cannot be explained: a kube-apiserver
-    whose k3srotd never reported."""
+    (Kubernetes before 1.26) the Nodes alone. With why, when the counts cannot be explained: a kube-apiserver
+    whose k3srotd never reported (counted by its hostname)."""
     if not apis:
         return sorted(nodes, key=lambda s: s.name), None
     named: dict[str, str] = {}
@@ -158,19 +158,20 @@ def members(
         name = named.get(a.host)
         if name is None:
             unknown.append(a.host)
-            continue
+            name = a.host
         n = by_node.get(name)
         out[name] = Server(name, n.ready if n else "", n.reason if n else "", node=n is not None, api=a)
+    for n in nodes:
+        out.setdefault(n.name, n)  # a Node without a running kube-apiserver: a server that is down
+    servers = [out[k] for k in sorted(out)]
     if unknown:
-        return [], (
+        return servers, (
             f"counted {len(apis)} kube-apiservers (identity Leases of {', '.join(sorted(a.host for a in apis))}), "
             f"{len(reports)} k3srotd reports ({', '.join(sorted(reports)) or 'none'}) and {len(nodes)} control-plane "
             f"Nodes ({', '.join(sorted(by_node)) or 'none'}): the kube-apiserver on {', '.join(unknown)} has no "
             "k3srotd report. Run k3srotd on every server (each reports within seconds of starting)"
         )
-    for n in nodes:
-        out.setdefault(n.name, n)  # a Node without a running kube-apiserver: a server that is down
-    return [out[k] for k in sorted(out)], None
+    return servers, None
 
 
 def not_serving(

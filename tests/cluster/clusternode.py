@@ -26,10 +26,11 @@ class ClusterNode(Node):
         self.name = name
         self.daemon: Optional[subprocess.Popen] = None
         self.daemon_log = root / "daemon.log"
+        self.extra_env: dict[str, str] = {}  # K3SEMU_VERSION: the restart-command k3srotd runs starts K3s with it
         self.write_config(node_name=name, max_splay="0s")
 
     def env(self, extra: Optional[dict[str, str]] = None) -> dict[str, str]:
-        return {"K3SROTD_TEST_LEASE_SECONDS": str(LEASE_SECONDS), **(extra or {})}
+        return {"K3SROTD_TEST_LEASE_SECONDS": str(LEASE_SECONDS), **self.extra_env, **(extra or {})}
 
     def k3srotd(
         self, *args: str, env: Optional[dict[str, str]] = None, timeout: float = 120
@@ -95,6 +96,8 @@ class Cluster:
         self.nodes = [
             ClusterNode(root / f"node-{i}", srv, str(srv.node_name)) for i, srv in enumerate(self.emu.servers)
         ]
+        for n in self.nodes:  # a K3s restarted by k3srotd keeps its version
+            n.extra_env = {"K3SEMU_VERSION": version} if version else {}
 
     def start(self) -> Cluster:
         self.emu.start()

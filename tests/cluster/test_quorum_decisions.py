@@ -56,7 +56,13 @@ def node(name: str, ready: str = "True") -> Server:
         # one server with an agent, two without
         (["s0"], ["s0", "s1", "s2"], ["s0", "s1", "s2"], ["s0", "s1", "s2"], None),
         # a kube-apiserver without a k3srotd report: the counts cannot be explained
-        (["s0", "s1"], ["s0", "s1", "s2"], ["s0", "s1"], [], "the kube-apiserver on s2 has no k3srotd report"),
+        (
+            ["s0", "s1"],
+            ["s0", "s1", "s2"],
+            ["s0", "s1"],
+            ["s0", "s1", "s2"],
+            "the kube-apiserver on s2 has no k3srotd report",
+        ),
         # a Node whose kube-apiserver published no identity Lease: a server that is down, still counted
         (["s0", "s1", "s2"], ["s0", "s1"], ["s0", "s1", "s2"], ["s0", "s1", "s2"], None),
         # a report of a server gone (no Node, no kube-apiserver): not a server
