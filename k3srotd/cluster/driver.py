@@ -20,8 +20,8 @@ Only `staged` is allowed: the new key must verify on every server before any ser
 Failure policy (applied here):
 - A server that fails its restart reports it; the driver rolls the whole cluster back (a rollback is published
   like any step, and the others restart onto it).
-- A server that is down, or whose k3srotd does not run, is waited for without a time limit; the step stays open,
-  no next step starts, and status and the log say which server is awaited and why. It catches up when it runs.
+- Servers are counted by kube-apiserver (core.rollout.members). A step starts, and each restart begins, only while
+  every other server is up (not_serving); a server down mid-step is waited for without a time limit.
 - A server that cannot reach the API does nothing: no lease, so no restart and no step (and says so).
 - A lease holder that died blocks the others for one lease duration at most.
 """
@@ -141,9 +141,8 @@ class ClusterCoordinator:
 
     # --- the driver's part
     def begin(self, step: str) -> None:
-        """Before the step's first side effect: take k3srotd-step; refuse (Waiting) unless the cluster is in step.
-        While another server is not up and serving it waits: the daemon looks again; a command waits up to
-        restart-timeout and then refuses (SafetyRefusal, exit 3), nothing changed."""
+        """Before the step's first side effect: take k3srotd-step; refuse (Waiting) unless the cluster is in step;
+        while another server is down, wait (a command: up to restart-timeout, then SafetyRefusal)."""
         link = self.link
         clock = link.clock
         limit = clock.monotonic() + self.follower.cfg.restart_timeout.total_seconds()
@@ -166,8 +165,7 @@ class ClusterCoordinator:
             clock.sleep(LOOK_SECONDS)
 
     def _begin_once(self, step: str) -> Optional[str]:
-        """Take k3srotd-step and judge the cluster: None to go on; else which servers are down (the lease given
-        back). Waiting when out of step; SafetyRefusal when the cluster cannot be rotated safely at all."""
+        """Take k3srotd-step and judge the cluster: None to go on, else which servers are down (lease given back)."""
         link = self.link
         try:
             self._acquire_step_lease()
