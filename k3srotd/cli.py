@@ -1,6 +1,6 @@
 """The command line. Only click is imported at module level: `k3srotd --version` must cost no more.
 
-At this boundary a known error (K3srotdError) is one line and the contract's exit code; anything else is
+At this boundary a known error (K3srotdError) is one line and the documented exit code; anything else is
 "unexpected", with its traceback only under --debug.
 """
 
@@ -41,7 +41,7 @@ class Ctx:
 
             self._cfg = config.load(self.config_path)
             explicit = self.config_path  # click fills it from K3SROTD_CONFIG too
-            if explicit and not os.path.exists(explicit):  # all defaults, as the contract says; a typo shows here
+            if explicit and not os.path.exists(explicit):  # all defaults, as documented; a typo shows here
                 click.echo(f"k3srotd: {explicit}: does not exist; using the defaults and {explicit}.d/*.yaml", err=True)
             unsafe = config.short_grace_warning(self._cfg)
             if unsafe:
@@ -155,6 +155,23 @@ def rollback(obj: Ctx, yes: bool, ignore_window: bool) -> None:
 
     log = obj.logger()
     command.rollback(obj.cfg, log, _events(obj, log), _progress(log), yes, ignore_window, _confirm, run=obj.run)
+
+
+@cli.command()
+@click.option("--yes", is_flag=True, help="Do not ask.")
+@click.option("--ignore-window", is_flag=True, help="Run outside maintenance-window.")
+@click.pass_obj
+def rehearse(obj: Ctx, yes: bool, ignore_window: bool) -> None:
+    """Rehearse one step with the live key set unchanged: stage the same bytes, rotate-ca, restart K3s (every server
+    in turn on a cluster) and run every check; asks first unless --yes.
+
+    Rolls back like any step when a check fails. doctor warns until a rehearsal has passed since the last K3s
+    upgrade.
+    """
+    from k3srotd.commands import rehearse as command
+
+    log = obj.logger()
+    command.rehearse(obj.cfg, log, _events(obj, log), _progress(log), yes, ignore_window, _confirm, run=obj.run)
 
 
 @cli.command()

@@ -66,7 +66,7 @@ class Config:
     hooks_dir: str = "/etc/k3srotd/hooks.d"
     automatic: bool = False  # the daemon starts rotations and prunes on its own only when the operator opted in
     unsafe_short_grace: bool = False  # allows a grace-period under GRACE_FLOOR (tests, demos); every command warns
-    # beyond the contract's table (see the README)
+    # keys of our own beyond the basic table (see the README)
     max_splay: dt.timedelta = dt.timedelta(minutes=15)  # the daemon delays due steps by up to this, per node
     node_name: str = ""  # this server's Node in multi-server coordination; empty: K3s's node-name, else the hostname
     server_name: str = ""  # node-name as resolved once at load: ours, K3s's, the installer's env file; "": hostname
@@ -254,9 +254,9 @@ SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
 
 def _layered(main: Path, trusted: bool = False) -> tuple[dict[str, tuple[Any, str]], list[str]]:
     """Main file then FILE.d/*.yaml in lexical order; later keys override. Values carry their source file.
-    A missing main file means all defaults (the contract), also for --config: its drop-ins still count.
+    A missing main file means all defaults, also for --config: its drop-ins still count.
     `trusted`: k3srotd's own config, which names what root runs: each file and the folder must be root's."""
-    from k3srotd.node import trust
+    from k3srotd.node.ownership import require_path
     from k3srotd.node.yamlfile import read_yaml
 
     merged: dict[str, tuple[Any, str]] = {}
@@ -266,12 +266,12 @@ def _layered(main: Path, trusted: bool = False) -> tuple[dict[str, tuple[Any, st
         files.append(main)
     dropin = Path(str(main) + ".d")
     if trusted:
-        trust.require_path(str(dropin), "the config's drop-in folder")
+        require_path(str(dropin), "the config's drop-in folder")
     if dropin.is_dir():
         files.extend(sorted(p for p in dropin.iterdir() if p.suffix == ".yaml" and p.is_file()))
     for f in files:
         if trusted:
-            trust.require_path(str(f), "the config")
+            require_path(str(f), "the config")
         sources.append(str(f))
         for k, v in read_yaml(f).items():
             if not isinstance(k, (str, int, float, bool)) and k is not None:

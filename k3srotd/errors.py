@@ -1,4 +1,4 @@
-"""One base error; each subclass carries the contract's exit code.
+"""One base error; each subclass carries the documented exit code.
 
 At the CLI boundary a K3srotdError is one line and its exit code; anything else is "unexpected".
 """

@@ -5,7 +5,6 @@ duration, and the rows `status` shows. The decisions: core/rollout.py; the API o
 from __future__ import annotations
 
 import datetime as dt
-import json
 import socket
 import urllib.parse
 from pathlib import Path
@@ -20,7 +19,7 @@ from k3srotd.core.rollout import awaited, join_refusal, members, not_serving, sh
 from k3srotd.core.rollout import shown_state as _shown
 from k3srotd.errors import ConfigError
 from k3srotd.node.kubeapi import APIError
-from k3srotd.node.store import ensure_private_dir, write_atomic
+from k3srotd.node.store import JsonStore, as_is, json_object
 
 BOOK = "cluster.json"
 
@@ -43,13 +42,10 @@ def lease_seconds(cfg: Config, override: Optional[float] = None) -> int:
 class Book:
     def __init__(self, state_dir: str) -> None:
         self.path = Path(state_dir) / BOOK
+        self.file: JsonStore[dict[str, Any]] = JsonStore(self.path, json_object, as_is)
 
     def load(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.path.read_bytes())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        return self.file.load_or(dict)
 
     def servers(self) -> list[str]:
         """The control-plane Nodes this server last saw; more than one means it is one of several."""
@@ -60,8 +56,7 @@ class Book:
         data = self.load()
         new = {**data, **changes}
         if new != data:
-            ensure_private_dir(self.path.parent)
-            write_atomic(self.path, json.dumps(new, indent=1, sort_keys=True).encode() + b"\n")
+            self.file.save(new)
         return new
 
 

@@ -8,20 +8,33 @@ import datetime as dt
 import signal
 from typing import Any, Callable, Iterator, Optional
 
+from k3srotd.config import Config
 from k3srotd.core import keys
 from k3srotd.core.clock import Clock
 from k3srotd.core.durations import format_duration
 from k3srotd.engine.restart import Progress
 from k3srotd.engine.session import Session
 from k3srotd.errors import K3srotdError
+from k3srotd.node.k3s import K3s
 
 Confirm = Callable[[str], bool]
 
 
 class Terminated(K3srotdError):
-    """SIGTERM: no step was under way, or the one under way has ended."""
+    """SIGTERM: no step was under way, or the one under way has ended (done, or rolled back). Not exit 1: that
+    says the keys are as they were, and a step that ended before the stop may have changed them. 143 is what a
+    shell reports for a process ended by SIGTERM (128 + 15)."""
 
-    exit_code = 1
+    exit_code = 143
+
+
+def refuse_other_rotator(cfg: Config, k3s: K3s, what: str) -> None:
+    """SafetyRefusal (exit 3) while Microsoft's Key Manager extension rotates this same key (node/keymanager.py);
+    with verify-api false the API is not asked, as by the daemon."""
+    from k3srotd.node import keymanager
+
+    if cfg.verify_api:
+        keymanager.refuse_if_installed(k3s.api(), what)
 
 
 def summary(live: keys.KeyFile, phase: str) -> str:
@@ -54,7 +67,7 @@ class Stop:
 
     def check(self, after: str) -> None:
         if self.requested:
-            raise Terminated(f"stopped by SIGTERM after {after}")
+            raise Terminated(f"stopped by SIGTERM after {after}; run the command again to go on")
 
     @contextlib.contextmanager
     def around(self, session: Session) -> Iterator[Session]:

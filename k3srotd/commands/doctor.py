@@ -34,6 +34,28 @@ def version(cfg: Config) -> Verdict:
     return level, f"K3s version: {text}"
 
 
+def rehearsal_verdict(record: Optional[Mapping[str, str]], running: Optional[str]) -> Verdict:
+    """PASS once a rehearsal has passed on this node against the K3s release it runs now; WARN before the first,
+    and again after each K3s upgrade (a new release may restart or reconcile differently)."""
+    how = "run `k3srotd rehearse` in a maintenance window before the first real step"
+    if not record or not record.get("at"):
+        return WARN, f"rehearsal: none has passed on this node; {how}"
+    ran = record.get("k3s_version") or "unknown"
+    if running is not None and ran != running:
+        return WARN, f"rehearsal: the last one ({record['at']}) ran on K3s {ran}, this node runs {running}; {how}"
+    return PASS, f"rehearsal: passed at {record['at']} on K3s {ran}"
+
+
+def rehearsal(cfg: Config, k3s: K3s) -> Verdict:
+    from k3srotd.node.store import Store
+
+    try:
+        record = Store(cfg.state_dir).load_readonly().rehearsed
+    except (K3srotdError, OSError) as e:
+        return SKIP, f"rehearsal: the state cannot be read ({e})"
+    return rehearsal_verdict(record, k3s.version())
+
+
 def automatic(cfg: Config, clock: Clock, config_path: Optional[str]) -> Verdict:
     """What the daemon will do by itself: with the opt-in, the next step and when; without it, that it starts
     none, what would be due and when, and how to opt in. Either is a choice, not a fault."""
@@ -137,6 +159,7 @@ def node_checks(cfg: Config, k3s: K3s, levels: Mapping[str, str]) -> list[Check]
             (BIN,),
         ),
         Check(API, api, (RUNNING,)),
+        Check("rehearsal", lambda: rehearsal(cfg, k3s), (BIN,)),
     ]
 
 

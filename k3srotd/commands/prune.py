@@ -8,7 +8,7 @@ from typing import Optional
 
 import click
 
-from k3srotd.commands.common import Confirm, Stop, summary
+from k3srotd.commands.common import Confirm, Stop, refuse_other_rotator, summary
 from k3srotd.config import Config
 from k3srotd.core import keys, planner
 from k3srotd.core import prune as core_prune
@@ -20,6 +20,7 @@ from k3srotd.engine.coordinator import Run
 from k3srotd.engine.executor import Events
 from k3srotd.engine.restart import Progress
 from k3srotd.errors import SafetyRefusal
+from k3srotd.node.k3s import K3s
 
 
 def _prunable(cfg: Config, state: State, live: keys.KeyFile, now: dt.datetime, force: bool) -> list[str]:
@@ -43,6 +44,7 @@ def prune(
     run: Optional[Run] = None,
 ) -> None:
     clock = clock or Clock()
+    refuse_other_rotator(cfg, K3s(cfg), "prune")
     session = engine.Session(
         cfg, clock, log, events, progress, run=dataclasses.replace(run or Run(), ignore_window=ignore_window)
     )

@@ -8,7 +8,7 @@ from typing import Optional
 
 import click
 
-from k3srotd.commands.common import Stop, summary, wait_until
+from k3srotd.commands.common import Stop, refuse_other_rotator, summary, wait_until
 from k3srotd.config import Config
 from k3srotd.core import keys, planner
 from k3srotd.core.clock import Clock
@@ -36,6 +36,7 @@ def rotate_now(
     from k3srotd.identity import gates
 
     gates.require_usable_issuer(cfg, K3s(cfg))  # verify-issuer true, no usable issuer: refused before any change
+    refuse_other_rotator(cfg, K3s(cfg), "rotate-now")
     stop = Stop()
     run = dataclasses.replace(run or Run(), ignore_window=ignore_window)
     gate_poll = cfg.issuer_poll.total_seconds()

@@ -16,7 +16,7 @@ from k3srotd.node import trust
 
 
 def snapshot(cfg: Config, clock: Clock) -> dict[str, Any]:
-    """The contract's status object."""
+    """The status object of `status --json` (README)."""
     v = engine.view(cfg, clock)
     signer = v.live.signer.kid
     out_keys = []
@@ -40,7 +40,7 @@ def snapshot(cfg: Config, clock: Clock) -> dict[str, Any]:
         "keys": out_keys,
         "last_rotation": ts(v.state.last_rotation),
         "next_action": None if plan is None else {"action": plan.action, "not_before": ts(plan.not_before)},
-        # outside the contract's object, for the table only
+        # not in the JSON object, for the table only
         "_view": v,
     }
 

@@ -8,7 +8,7 @@ import dataclasses
 import datetime as dt
 from typing import Any, Literal, Optional
 
-StepName = Literal["publish", "promote", "prune", "rotate", "rollback"]
+StepName = Literal["publish", "promote", "prune", "rotate", "rollback", "rehearse"]
 Outcome = Literal["rolling", "committed", "rolled-back"]
 
 STEP_LEASE = "k3srotd-step"
@@ -85,7 +85,7 @@ class Step:
     """The step a driving server published: every server restarts onto `target_kids` (file sha256 `target_sha`)."""
 
     id: str
-    step: str  # publish | promote | prune | rotate | rollback
+    step: str  # publish | promote | prune | rotate | rollback | rehearse
     driver: str
     before_kids: list[str]
     target_kids: list[str]

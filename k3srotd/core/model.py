@@ -14,7 +14,8 @@ from typing import Any, Literal, Optional
 
 VERSION = 1
 
-StepName = Literal["publish", "promote", "prune", "rotate", "rollback"]
+StepName = Literal["publish", "promote", "prune", "rotate", "rollback", "rehearse"]
+# rehearse: the live key set staged unchanged, through every side effect and check of a step (`k3srotd rehearse`)
 # staged         the intent is written; staging may hold the new file; nothing reached K3s yet
 # upload-failed  rotate-ca failed and so did putting the live set back: the next run uploads the live set again
 # restarting     rotate-ca saved the new set; K3s restarts onto it here (and in turn on every server)
@@ -89,6 +90,8 @@ class State:
     last_failure: Optional[dict[str, Any]] = None  # {step, at, reason}
     last_success: dict[str, str] = dataclasses.field(default_factory=dict)  # step -> RFC 3339
     failures: dict[str, int] = dataclasses.field(default_factory=dict)  # step -> count
+    # the last rehearsal that passed: {at, k3s_version}; not in the snapshot, so that a rollback keeps it
+    rehearsed: Optional[dict[str, str]] = None
 
     # --- the part a rollback restores
     def snapshot(self) -> dict[str, Any]:
@@ -113,6 +116,7 @@ class State:
         d["last_failure"] = self.last_failure
         d["last_success"] = self.last_success
         d["failures"] = self.failures
+        d["rehearsed"] = self.rehearsed
         return d
 
     @classmethod
@@ -128,6 +132,8 @@ class State:
         s.last_failure = d.get("last_failure")
         s.last_success = dict(d.get("last_success") or {})
         s.failures = {k: int(v) for k, v in (d.get("failures") or {}).items()}
+        r = d.get("rehearsed")
+        s.rehearsed = {str(k): str(v) for k, v in r.items()} if isinstance(r, dict) else None
         return s
 
 

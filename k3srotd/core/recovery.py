@@ -7,6 +7,8 @@ tests/unit/test_recovery.py. The engine reads the facts (the live file, whether 
              the others (None: nothing of ours is there to rejoin; check instead)
   settle     K3s runs again: verify and commit when it serves the staged file, undo when it still serves the
              set from before (the datastore may hold the new one), else adopt what someone else put there
+A rehearsal (its target is the live set) is committed only after a restart proven here: rejoined by restarting
+again, never committed by settle.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from k3srotd.core.model import Intent
 Start = Literal["none", "halt", "roll-back", "rejoin", "check"]  # rejoin: when published, else check
 Rejoin = Literal["restart", "verify", "await"]
 Settle = Literal["commit", "undo", "forget"]
+Resumed = Literal["finished", "undone", "rolled-back", "forgotten"]  # how the engine ended the step
 
 
 def start(intent: Optional[Intent]) -> Start:
@@ -39,6 +42,9 @@ def rejoin(
 ) -> Optional[Rejoin]:
     """This server's part of its own published step. `staged_sha`: of the staged file, None when it is gone;
     `reported`: this server's report already names the step."""
+    if intent.step == "rehearse" and not reported:
+        # its target is the live set: the file cannot tell whether K3s restarted here, so restart again
+        return "restart" if staged_sha == intent.staged_sha256 else None
     if live_sha != intent.staged_sha256:
         if list(live_kids) != list(intent.before_kids) or staged_sha != intent.staged_sha256:
             return None
@@ -47,7 +53,9 @@ def rejoin(
 
 
 def settle(intent: Intent, live_sha: str, live_kids: Sequence[str]) -> Settle:
-    if live_sha == intent.staged_sha256:
+    """A rehearsal is never committed here: its target is the live set, so nothing shows that its restart and
+    checks passed; it is undone (the datastore gets the live set again) and the operator runs it again."""
+    if live_sha == intent.staged_sha256 and intent.step != "rehearse":
         return "commit"
     if list(live_kids) == list(intent.before_kids):
         return "undo"

@@ -96,7 +96,7 @@ def my_turn(step: Optional[Step], my_sha: str, mine: Optional[Report], tried: di
         return ""
     if mine is not None and mine.step_id == step.id and mine.result in ("ok", "failed"):
         return ""
-    if my_sha == step.target_sha:
+    if my_sha == step.target_sha and step.step != "rehearse":  # a rehearsal's target is every live set: restart
         return "verify"
     return "" if step.id in tried else "restart"
 

@@ -30,6 +30,13 @@ def parse(text: str) -> Optional[Version]:
     return None if m is None else (int(m.group(1)), int(m.group(2)), int(m.group(3)))
 
 
+def release(text: str) -> Optional[str]:
+    """The whole release name, e.g. `v1.31.4+k3s1`: a rehearsal is recorded against it (a new +k3sN is an
+    upgrade too)."""
+    m = re.search(r"v\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.+-]*)?", text)
+    return None if m is None else m.group(0)
+
+
 def meets(v: Version, floor: Floor) -> bool:
     """A minor line in the table from its patch on; a later minor line always; an earlier or skipped one never
     (a line between the table's lines never got the fix)."""

@@ -1,4 +1,4 @@
-"""The thin executor: one step's side effects, in order, each checked; rollback; resume after a crash.
+"""The thin executor: one step's side effects, in order, each checked; rollback (resume after a crash: resume.py).
 
 Order of every step (each line a side-effect boundary, named for the crash tests):
   backup      the live file copied to <state-dir>/backups (0600)
@@ -17,13 +17,14 @@ puts the datastore back to the live set (no restart needed) and forgets the step
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from k3srotd.config import Config
 from k3srotd.core import keys, planner
 from k3srotd.core.clock import Clock
 from k3srotd.core.model import Intent, LastStep, Stage, State, StepName, ts
 from k3srotd.core.ports import Log
+from k3srotd.core.recovery import Resumed
 from k3srotd.core.verify import VerifyFailed, Want
 from k3srotd.engine.coordinator import Announcement, Coordinator
 from k3srotd.engine.restart import Progress, Restarter, failure_text, want_of
@@ -37,12 +38,11 @@ if TYPE_CHECKING:
 
 __all__ = ["Events", "Executor", "Progress", "VerifyFailed"]
 
-# The contract's step events; a direct rotation publishes and promotes the new key in one step, so it reports
-# both (with step=rotate), and whoever watches promote.done learns of every new signer.
+# The step events the README documents; a direct rotation publishes and promotes the new key in one step, so
+# it reports both (with step=rotate), and whoever watches promote.done learns of every new signer.
 DONE_EVENTS = {"rotate": ("publish.done", "promote.done")}
 
 Events = Callable[[str, str, Sequence[str], str], None]  # event, signer kid, kids, phase
-Resumed = Literal["finished", "undone", "rolled-back", "forgotten"]
 
 
 class Executor:
@@ -221,15 +221,18 @@ class Executor:
             new = planner.committed(self.state, step, intent.before_kids, target.kids, now)
             self.state.keys, self.state.pending = new.keys, new.pending
             self.state.published_at, self.state.last_rotation = new.published_at, new.last_rotation
-        self.state.last_step = LastStep(
-            step=step,
-            completed_at=now,
-            before_kids=intent.before_kids,
-            target_kids=target.kids,
-            backup=intent.backup,
-            snapshot=intent.snapshot,
-            backup_sha256=intent.backup_sha256,
-        )
+        if step == "rehearse":  # changes no key: `rollback` still undoes the last real step
+            self.state.rehearsed = {"at": ts(now) or "", "k3s_version": self.k3s.version() or "unknown"}
+        else:
+            self.state.last_step = LastStep(
+                step=step,
+                completed_at=now,
+                before_kids=intent.before_kids,
+                target_kids=target.kids,
+                backup=intent.backup,
+                snapshot=intent.snapshot,
+                backup_sha256=intent.backup_sha256,
+            )
         self.state.intent = None
         self.state.last_success[step] = ts(now) or ""
         self.store.save(self.state)
@@ -251,7 +254,8 @@ class Executor:
                 kids=target.kids,
                 phase=phase,
             )
-            self._emit(event, target, phase)
+            if step != "rehearse":  # the hooks' step events are the contract's; a rehearsal is logged only
+                self._emit(event, target, phase)
 
     # --- helpers
     def _intent(self) -> Intent:
@@ -377,10 +381,3 @@ class Executor:
             f"{intent.step} failed ({reason}) and the rollback failed too ({error}); see the log for the "
             f"manual steps; the key set before the step is in {intent.backup}"
         ) from None
-
-    # --- after a crash
-    def resume(self) -> Optional[str]:
-        """Finish or undo the step an earlier k3srotd left (engine/resume.py). Returns what was done, or None."""
-        from k3srotd.engine import resume
-
-        return resume.resume(self)

@@ -13,7 +13,8 @@ from k3srotd.errors import LockHeld, RollbackFailed, SafetyRefusal, StepFailed
 from k3srotd.node.files import sha256
 
 if TYPE_CHECKING:
-    from k3srotd.engine.executor import Executor, Resumed
+    from k3srotd.core.recovery import Resumed
+    from k3srotd.engine.executor import Executor
 
 
 def resume(ex: Executor) -> Optional[str]:

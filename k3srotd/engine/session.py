@@ -113,7 +113,9 @@ class Session:
             intent = self.state.intent
             if intent is not None and intent.stage == "rollback-failed" and self.retry_failed_rollback:
                 return self  # the rollback command retries it itself
-            done = self.executor.resume()
+            from k3srotd.engine import resume
+
+            done = resume.resume(self.executor)  # finish or undo the step an earlier k3srotd left
             if done:
                 self.log.warning("resume.done", msg=done)
         except BaseException:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence
 
@@ -31,7 +30,7 @@ from k3srotd.errors import ConfigError, K3srotdError
 from k3srotd.identity import promote
 from k3srotd.node.k3s import K3s
 from k3srotd.node.kubeapi import APIError
-from k3srotd.node.store import ensure_private_dir, write_atomic
+from k3srotd.node.store import JsonStore, as_is, json_object
 
 BOOK = "gates.json"
 
@@ -81,17 +80,13 @@ def require_usable_issuer(cfg: Config, k3s: K3s) -> None:
 class Book:
     def __init__(self, state_dir: str) -> None:
         self.path = Path(state_dir) / BOOK
+        self.file: JsonStore[dict[str, Any]] = JsonStore(self.path, json_object, as_is)
 
     def load(self) -> dict[str, Any]:
-        try:
-            doc = json.loads(self.path.read_bytes())
-        except (OSError, ValueError):
-            return {}
-        return doc if isinstance(doc, dict) else {}
+        return self.file.load_or(dict)
 
     def save(self, doc: dict[str, Any]) -> None:
-        ensure_private_dir(self.path.parent)
-        write_atomic(self.path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode(), 0o600)
+        self.file.save(doc)
 
     def put(self, gate: str, entry: Optional[dict[str, Any]]) -> None:
         doc = self.load()

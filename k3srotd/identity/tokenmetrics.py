@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from k3srotd.core.model import parse_ts, ts
 from k3srotd.node.kubeapi import APIError, KubeAPI
-from k3srotd.node.store import ensure_private_dir, write_atomic
+from k3srotd.node.store import JsonStore
 
 STALE = "serviceaccount_stale_tokens_total"
 LEGACY = (
@@ -149,21 +148,24 @@ class History:
 
     def __init__(self, state_dir: str) -> None:
         self.path = Path(state_dir) / FILE
+        self.file: JsonStore[list[Reading]] = JsonStore(self.path, _decode, _encode)
 
     def load(self) -> list[Reading]:
-        try:
-            doc = json.loads(self.path.read_bytes())
-            return sorted((Reading.from_json(d) for d in doc["readings"]), key=lambda r: r.at)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return []
+        return self.file.load_or(list)
 
     def add(self, reading: Reading, keep_after: dt.datetime) -> None:
         old = [r for r in self.load() if r.at < reading.at]
         before = [r for r in old if r.at <= keep_after]
         kept = before[-1:] + [r for r in old if r.at > keep_after] + [reading]
-        doc = {"version": 1, "readings": [r.to_json() for r in kept[-KEEP:]]}
-        ensure_private_dir(self.path.parent)
-        write_atomic(self.path, (json.dumps(doc, indent=1) + "\n").encode(), 0o600)
+        self.file.save(kept[-KEEP:])
+
+
+def _decode(doc: Any) -> list[Reading]:
+    return sorted((Reading.from_json(d) for d in doc["readings"]), key=lambda r: r.at)
+
+
+def _encode(readings: list[Reading]) -> dict[str, Any]:
+    return {"version": 1, "readings": [r.to_json() for r in readings]}
 
 
 def verdict(history: Sequence[Reading], now: Reading, grace: dt.timedelta, names: Sequence[str]) -> Optional[str]:

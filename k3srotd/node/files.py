@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import hashlib
 import os
 import stat
@@ -11,48 +10,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 from k3srotd.errors import ConfigError, SafetyRefusal
-from k3srotd.node.store import ensure_private_dir, fsync_dir, write_atomic
+from k3srotd.node.store import ensure_private_dir, fsync_dir, read_regular, write_atomic
 
 if TYPE_CHECKING:
     from k3srotd.node.k3s import K3s
 
 
-KEY_FILE_CAP = 1024 * 1024  # a service.key of a thousand RSA-4096 keys is ~3 MB short of this; no real one is near
-
-
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def read_regular(path: Path, cap: int = KEY_FILE_CAP, follow: bool = True) -> bytes:
-    """A regular file's bytes, at most `cap`. O_NONBLOCK so that a FIFO cannot hang us, the type checked on the
-    open descriptor (no window to swap it), O_NOFOLLOW unless `follow`. FileNotFoundError passes through;
-    anything else that is no regular file of sane size is a SafetyRefusal naming the path."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
-    try:
-        fd = os.open(path, flags)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise SafetyRefusal(f"{path}: is a symlink; k3srotd reads it only as a real file") from None
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise SafetyRefusal(f"{path}: is not a regular file; replace it with the real file")
-        if st.st_size > cap:
-            raise SafetyRefusal(f"{path}: is larger than {cap // 1024} KiB; it is no key file. Check the path")
-        chunks, total = [], 0
-        while total <= cap:
-            chunk = os.read(fd, min(65536, cap + 1 - total))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-        if total > cap:
-            raise SafetyRefusal(f"{path}: is larger than {cap // 1024} KiB; it is no key file. Check the path")
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 class Backups:
@@ -133,9 +98,9 @@ class Staging:
 
     def check(self) -> None:
         """Refuse a staging path that another user could swap or read, or that holds other files."""
-        from k3srotd.node import trust
+        from k3srotd.node.ownership import require_path
 
-        trust.require_path(str(self.key), "staging-dir")
+        require_path(str(self.key), "staging-dir")
         uid = os.geteuid()
         for p in (self.root, self.server, self.tls, self.key):
             if p.is_symlink():

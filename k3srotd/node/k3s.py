@@ -73,7 +73,7 @@ class K3s:
     def live_bytes(self) -> bytes:
         """The live file, read only if it is a regular file, with a size cap (a link to /dev/zero or a FIFO there
         must neither fill memory nor hang)."""
-        from k3srotd.node.files import read_regular
+        from k3srotd.node.store import read_regular
 
         try:
             return read_regular(self.live_path)
@@ -92,7 +92,7 @@ class K3s:
     def current_kid(self) -> Optional[str]:
         """The kid K3s signs with: its service.current.key, written at every start."""
         from k3srotd.core import keys
-        from k3srotd.node.files import read_regular
+        from k3srotd.node.store import read_regular
 
         try:
             data = read_regular(self.cfg.current_key)
@@ -131,6 +131,14 @@ class K3s:
         from k3srotd.node import runner
 
         return runner.run(self.cfg.restart_command, timeout=self.cfg.restart_timeout.total_seconds())
+
+    def version(self) -> Optional[str]:
+        """The release `k3s --version` names (e.g. v1.31.4+k3s1), or None when it names none."""
+        from k3srotd.core import versions
+        from k3srotd.node import runner
+
+        res = runner.run([self.cfg.k3s_bin, "--version"], timeout=20)
+        return versions.release(res.stdout + res.stderr) if res.ok else None
 
     def api(self) -> KubeAPI:
         from k3srotd.node.kubeapi import KubeAPI

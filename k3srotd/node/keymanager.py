@@ -69,14 +69,15 @@ def detect(api: KubeAPI) -> Optional[str]:
 
 
 def refuse_if_installed(api: KubeAPI, what: str) -> None:
-    """For `rotate-now` and `prune` by hand: refused (exit 3) while the extension is installed, as the daemon's
-    own steps are; a dry run and `rollback` (which puts back what k3srotd itself replaced) are not refused. An
-    API that cannot say does not refuse here: the step's own checks need the API, and say so."""
-    from k3srotd.errors import SafetyRefusal
+    """For `rotate-now`, `prune` and `rehearse` by hand: refused (exit 3) while the extension is installed, as the
+    daemon's own steps are; a dry run and `rollback` (which puts back what k3srotd itself replaced) are not
+    refused. An API that cannot say (unreachable, or no usable kubeconfig) does not refuse here: the step's own
+    checks need the API, and say so."""
+    from k3srotd.errors import K3srotdError, SafetyRefusal
 
     try:
         found = detect(api)
-    except APIError:
+    except (APIError, K3srotdError):
         return
     if found is not None:
         raise SafetyRefusal(f"{what} refused: {found}")

@@ -1,9 +1,11 @@
-"""Durable files in state-dir: atomic writes, private folders, and state.json's store."""
+"""Durable files: atomic writes, private folders, bounded reads of regular files (no FIFO, no symlink swapped in),
+and the JSON store of every state-dir file."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import json
 import os
 import stat
@@ -60,6 +62,40 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+KEY_FILE_CAP = 1024 * 1024  # a service.key of a thousand RSA-4096 keys is ~3 MB short of this; no real one is near
+
+
+def read_regular(path: Path, cap: int = KEY_FILE_CAP, follow: bool = True) -> bytes:
+    """A regular file's bytes, at most `cap`. O_NONBLOCK so that a FIFO cannot hang us, the type checked on the
+    open descriptor (no window to swap it), O_NOFOLLOW unless `follow`. FileNotFoundError passes through;
+    anything else that is no regular file of sane size is a SafetyRefusal naming the path."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise SafetyRefusal(f"{path}: is a symlink; k3srotd reads it only as a real file") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SafetyRefusal(f"{path}: is not a regular file; replace it with the real file")
+        if st.st_size > cap:
+            raise SafetyRefusal(f"{path}: is larger than {cap // 1024} KiB; it is no key file. Check the path")
+        chunks, total = [], 0
+        while total <= cap:
+            chunk = os.read(fd, min(65536, cap + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > cap:
+            raise SafetyRefusal(f"{path}: is larger than {cap // 1024} KiB; it is no key file. Check the path")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 MAX_JSON_BYTES = 16 * 1024 * 1024
 
 
@@ -85,8 +121,6 @@ class JsonStore(Generic[T]):
 
     def read_raw(self) -> Any:
         """The parsed JSON, or MISSING when there is no file (JSON `null` is None). CorruptFile when it is no JSON."""
-        from k3srotd.node.files import read_regular
-
         try:
             raw = read_regular(self.path, MAX_JSON_BYTES, follow=False)
         except FileNotFoundError:
@@ -117,10 +151,29 @@ class JsonStore(Generic[T]):
         except _BROKEN as e:
             raise CorruptFile(f"{type(e).__name__}: {cut(str(e), 120)}") from None
 
+    def load_or(self, default: Callable[[], T]) -> T:
+        """For files that only remember (the books, the token history): a missing, unreadable or corrupt file
+        reads as `default()`, and the next save rewrites it."""
+        try:
+            return self.load(default)
+        except (CorruptFile, ConfigError):
+            return default()
+
     def save(self, value: T) -> None:
         ensure_private_dir(self.path.parent)
         data = json.dumps(self.encode(value), indent=1, sort_keys=True).encode() + b"\n"
         write_atomic(self.path, data)
+
+
+def json_object(data: Any) -> dict[str, Any]:
+    """A book's decode: a JSON object, as written."""
+    if not isinstance(data, dict):
+        raise CorruptFile(f"holds a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def as_is(value: T) -> T:
+    return value
 
 
 def decode_state(data: Any) -> State:

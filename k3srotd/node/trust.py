@@ -1,10 +1,5 @@
-"""Which paths root may trust: owned by root (or the user k3srotd runs as), and writable by nobody else.
-
-Every folder on the way to a path counts too, up to /: whoever may rename an entry of a folder may swap what
-lies below it. A folder owned by root with the sticky bit (like /tmp) is safe as a parent, as for sshd's
-StrictModes and sudo: others cannot rename or remove what root owns in it. A path that does not exist yet is
-judged by the folders it would be created in. Symlinks are judged on both sides: the link's own folders and
-owner, and the path it leads to.
+"""What root trusts, as the config names it (each path checked by node/ownership.py), and what status and doctor
+say about the live key file and a signer no step staged.
 """
 
 from __future__ import annotations
@@ -12,70 +7,16 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Optional
+from typing import TYPE_CHECKING, Optional
 
 from k3srotd.errors import SafetyRefusal
+from k3srotd.node.ownership import Problem, path_problem, trusted_uids
 
 if TYPE_CHECKING:
     from k3srotd.config import Config
     from k3srotd.core.keys import KeyFile
     from k3srotd.core.model import State
-
-
-@dataclass(frozen=True)
-class Problem:
-    path: str
-    key: str  # the config key (or what) that names it
-    why: str
-
-    def line(self) -> str:
-        fix = f"chown root:root {self.path} && chmod go-w {self.path}"
-        return f"{self.path}: {self.why}; root trusts it as {self.key}. Fix it ({fix}) or set {self.key} elsewhere"
-
-
-def _trusted_uids() -> tuple[int, ...]:
-    return (0, os.geteuid())
-
-
-def unsafe(st: os.stat_result, parent: bool = False) -> Optional[str]:
-    """Why a file or folder with this status may not be trusted by root, or None. `parent`: a folder on the way
-    to the path, where root's sticky folders are safe."""
-    if st.st_uid not in _trusted_uids():
-        return f"is owned by uid {st.st_uid}, not root"
-    if stat.S_ISLNK(st.st_mode):
-        return None  # a link's mode means nothing; its folder and its target are judged
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        if parent and stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX and st.st_uid == 0:
-            return None
-        return f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
-    return None
-
-
-def _chain(path: Path) -> Iterable[tuple[Path, bool]]:
-    """The path (False) and each folder above it up to / (True), without resolving links."""
-    yield path, False
-    for p in path.parents:
-        yield p, True
-
-
-def path_problem(path: str, key: str) -> Optional[Problem]:
-    """The first reason not to trust `path` or a folder on its way, or None."""
-    if not path or not os.path.isabs(path):
-        return None
-    for candidate in (Path(os.path.normpath(path)), Path(os.path.realpath(path))):
-        for p, parent in _chain(candidate):
-            try:
-                st = os.lstat(p)
-            except (FileNotFoundError, NotADirectoryError):
-                continue  # to be created, by root, in a folder judged next
-            except OSError as e:
-                return Problem(str(p), key, f"cannot be checked ({e.strerror})")
-            why = unsafe(st, parent)
-            if why is not None:
-                return Problem(str(p), key, why + ("" if p == candidate else f" (a folder above {path})"))
-    return None
 
 
 def _argv0(cfg: Config) -> str:
@@ -117,12 +58,6 @@ def require(cfg: Config) -> None:
         raise SafetyRefusal(found[0].line())
 
 
-def require_path(path: str, key: str) -> None:
-    p = path_problem(path, key)
-    if p is not None:
-        raise SafetyRefusal(p.line())
-
-
 def unknown_signer(kid: str, state: State) -> Optional[str]:
     """Why a rollback must not keep `kid` (the signer K3s has now, missing from the backup), or None. It may keep
     only a key that a step staged or the state knows: anything else came from outside k3srotd (a swapped
@@ -147,7 +82,7 @@ def live_findings(lst: os.stat_result, st: Optional[os.stat_result], kf: Optiona
         out.append("is a symlink; whoever controls its target controls the signing key. Make it the real file")
     if st is not None and stat.S_IMODE(st.st_mode) & 0o077:
         out.append(f"has mode {stat.S_IMODE(st.st_mode):04o}, not 0600: others can read the private keys; chmod 600 it")
-    if st is not None and st.st_uid not in _trusted_uids():
+    if st is not None and st.st_uid not in trusted_uids():
         out.append(f"is owned by uid {st.st_uid}, not root")
     if kf is None:
         return out

@@ -7,7 +7,7 @@ How to log (the convention the whole code base follows)::
              signer_kid=kf.signer.kid, kids=kf.kids)
 
 - The event (first argument) is a stable dotted name, `<subject>.<what>`: `publish.done`, `step.failed`,
-  `hook.failed`. Scripts match on it: it is K3SROTD_EVENT in journald and `event` in JSON. The contract's step
+  `hook.failed`. Scripts match on it: it is K3SROTD_EVENT in journald and `event` in JSON. The documented step
   events are `publish.done`, `promote.done`, `prune.done`, `rollback.done`, `step.failed`, each with
   `signer_kid=` and `kids=` (file order).
 - `msg=` is the human sentence: journald's MESSAGE and the console text. Without it the event name is shown.

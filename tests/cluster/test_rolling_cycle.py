@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from clusternode import Cluster, downtimes, wait_until
@@ -54,7 +55,8 @@ def test_staged_cycle_rolls_every_server_one_at_a_time(cluster: Cluster) -> None
         assert len(restarted) == 2 and restarted[1]["kids"] == [new, old], n.name
 
     table = a.ok("status").stdout
-    assert "servers         3 (server-0, server-1, server-2)" in table
+    # labels are padded to the longest one
+    assert re.search(r"^servers +3 \(server-0, server-1, server-2\)", table, re.M), table
     for n in cluster:
         line = next(ln for ln in table.splitlines() if ln.startswith(n.name))
         assert line.split()[1:4] == ["True", f"{new[:8]},{old[:8]}", "yes"], line

@@ -108,7 +108,6 @@ def test_the_contradictions_found_once() -> None:
     assert "a missing file means all defaults" in " ".join(root.split())
 
 
-@pytest.mark.xfail(strict=True, reason="the README's supported-versions table comes with the README's rewrite")
 def test_the_readme_lists_the_supported_k3s_versions_doctor_checks() -> None:
     from k3srotd.core import versions
 

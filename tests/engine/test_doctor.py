@@ -55,7 +55,7 @@ def test_no_k3s_is_one_fail_and_a_k3s_in_another_mount_namespace_is_not_ours(nod
     assert [ln for ln in found if ln.startswith("FAIL")] == [line(found, "K3s running")], found
     running = line(found, "K3s running")
     assert "runs in another mount namespace (a container)" in running and "start K3s" in running
-    for subject in ("API", "other rotators", "public issuer", "token counters"):
+    for subject in ("API", "other rotators", "public issuer", "legacy tokens"):
         assert line(found, subject).endswith("follows from the FAIL of `K3s running` above"), found
 
 

@@ -71,7 +71,7 @@ def test_sigterm_to_rotate_now_mid_step_finishes_the_step_first(node: Node) -> N
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 1, err
+    assert proc.returncode == 143, err  # not 1: the publish went through before the stop
     assert "stopped by SIGTERM after publish" in err.splitlines()[-1]
     events = _events(err)
     assert "publish.done" in events and "step.failed" not in events and "promote.done" not in events

@@ -59,3 +59,31 @@ def test_rejoin(live_sha: str, live_kids: list[str], staged_sha: Optional[str], 
 )
 def test_settle(live_sha: str, live_kids: list[str], act: str) -> None:
     assert recovery.settle(intent("restarting"), live_sha, live_kids) == act
+
+
+def rehearsal(stage: str) -> Intent:
+    return Intent("rehearse", T0, [A], [A], "/backup", "sha-live", stage, {})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("live_sha", "staged_sha", "reported", "act"),
+    [
+        ("sha-live", "sha-live", False, "restart"),  # the file cannot show a restart: restart here again
+        ("sha-live", None, False, None),  # the staged file is gone: nothing to rejoin; settle undoes it
+        ("sha-live", "sha-live", True, "await"),  # this server reported its restart: await the others
+    ],
+)
+def test_rejoin_rehearsal(live_sha: str, staged_sha: Optional[str], reported: bool, act: Optional[str]) -> None:
+    assert recovery.rejoin(rehearsal("rolling"), live_sha, [A], staged_sha, reported) == act
+
+
+@pytest.mark.parametrize(
+    ("live_sha", "live_kids", "act"),
+    [
+        ("sha-live", [A], "undo"),  # never committed by settle: nothing proves the restart
+        ("sha-other", [A], "undo"),
+        ("sha-other", [B], "forget"),  # changed by someone else meanwhile
+    ],
+)
+def test_settle_rehearsal(live_sha: str, live_kids: list[str], act: str) -> None:
+    assert recovery.settle(rehearsal("restarting"), live_sha, live_kids) == act
