@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
+import urllib.parse
 from pathlib import Path
 from typing import Any, Optional
 
 from k3srotd.cluster.leases import Cluster
 from k3srotd.config import Config
 from k3srotd.core.clock import Clock
-from k3srotd.core.cluster import RESTART_LEASE, STEP_LEASE, Lease, Step
+from k3srotd.core.cluster import RESTART_LEASE, STEP_LEASE, Lease, Report, Server, Step
 from k3srotd.core.model import State, ts
-from k3srotd.core.rollout import awaited, short
+from k3srotd.core.rollout import awaited, join_refusal, members, not_serving, short
 from k3srotd.core.rollout import shown_state as _shown
 from k3srotd.errors import ConfigError
 from k3srotd.node.kubeapi import APIError
@@ -75,8 +76,8 @@ def status(cfg: Config, clock: Clock) -> tuple[list[tuple[str, str]], list[str]]
     me = node_name(cfg)
     cluster = Cluster(KubeAPI(cfg.kubeconfig, cfg.k3s_server_url, timeout=5.0), me, clock, lease_seconds(cfg))
     try:
-        servers = cluster.servers()
-        leases = cluster.leases()
+        nodes = cluster.servers()
+        leases, apis = cluster.snapshot()
     except (APIError, ConfigError) as e:
         return [
             (
@@ -88,7 +89,14 @@ def status(cfg: Config, clock: Clock) -> tuple[list[tuple[str, str]], list[str]]
     now = clock.now()
     step = Step.from_lease(leases.get(STEP_LEASE))
     reports = Cluster.reports(leases)
+    servers, disagree = members(nodes, apis, reports)
+    servers = servers or nodes
     rows = [("servers", f"{len(servers)} ({', '.join(s.name for s in servers)}); this is {me}")]
+    if disagree is not None:
+        rows.append(("server count", f"refused: {disagree}"))
+    down = not_serving(servers, reports, me, now)
+    if down:  # a step starts (and a restart begins) only when every other server is up and serving
+        rows.append(("not serving", ", ".join(down)))
     for name, label in ((STEP_LEASE, "step lease"), (RESTART_LEASE, "restart lease")):
         rows.append((label, _lease_text(leases.get(name), now)))
     if step is not None:
@@ -127,3 +135,113 @@ def _lease_text(lease: Optional[Lease], now: dt.datetime) -> str:
         return "free"
     exp = lease.expires
     return f"held by {lease.holder}" + (f" (until {ts(exp)} unless renewed)" if exp else "")
+
+
+# --- what this server tells the others about itself (in every report)
+def identity(cfg: Config, k3s: Any, version: str) -> dict[str, Any]:
+    """host, K3s version, join URL, its own addresses and what the join URL resolves to (core.rollout.join_target)."""
+    port = urllib.parse.urlsplit(cfg.k3s_server_url).port or 6443
+    join = join_url(cfg, k3s)
+    return {
+        "host": socket.gethostname().lower(),
+        "version": version,
+        "join": join,
+        "addrs": tuple(sorted(f"{ip}:{port}" for ip in _local_ips())),
+        "join_addrs": _resolve(join) if join else (),
+    }
+
+
+def join_url(cfg: Config, k3s: Any) -> str:
+    """K3s's join URL as K3s takes it: `--server`/`-s` on its command line, else `server:` in its config
+    (config.yaml and config.yaml.d), else K3S_URL in the installer's environment file."""
+    proc = k3s.server_process()
+    if proc is not None:
+        try:
+            import psutil
+
+            tokens = psutil.Process(proc.pid).cmdline()
+        except Exception:  # noqa: BLE001 - gone, or not ours to read: the files below say it too
+            tokens = []
+        for i, t in enumerate(tokens):
+            if t in ("--server", "-s") and i + 1 < len(tokens):
+                return tokens[i + 1]
+            if t.startswith("--server="):
+                return t.split("=", 1)[1]
+    from k3srotd.config import SYSTEMD_DIR, _layered
+
+    try:
+        raw, _ = _layered(Path(cfg.k3s_config))
+    except ConfigError:
+        raw = {}
+    value = raw.get("server", ("", ""))[0]
+    if isinstance(value, str) and value:
+        return value
+    env = Path(SYSTEMD_DIR) / f"{cfg.k3s_service}.service.env"
+    try:
+        for line in env.read_text().splitlines():
+            key, sep, val = line.partition("=")
+            if sep and key.strip() == "K3S_URL":
+                return val.strip().strip("'\"")
+    except OSError:
+        pass
+    return ""
+
+
+def _local_ips() -> list[str]:
+    import psutil
+
+    families = (socket.AF_INET, socket.AF_INET6)
+    return [a.address.split("%")[0] for ads in psutil.net_if_addrs().values() for a in ads if a.family in families]
+
+
+def _resolve(url: str) -> tuple[str, ...]:
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname or "", parts.port or 6443
+    try:
+        found = {f"{ai[4][0]}:{port}" for ai in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)}
+    except OSError:
+        found = {f"{host}:{port}"}
+    return tuple(sorted(found))
+
+
+def k3s_version(cluster: Cluster) -> str:
+    try:
+        return cluster.version()
+    except APIError:
+        return ""
+
+
+def count_servers(
+    cluster: Cluster, nodes: list[Server], me: str, ident: dict[str, Any]
+) -> tuple[list[Server], Optional[str]]:
+    """The servers by their kube-apiservers and Nodes (core.rollout.members), this server's own report as it is
+    about to write it when it has none yet. Once per run: the coordinator keeps this answer."""
+    leases, apis = cluster.snapshot()
+    reports = Cluster.reports(leases)
+    if me not in reports:
+        reports[me] = Report(me, [], "", "", "", "", None, None, **ident)
+    servers, disagree = members(nodes, apis, reports)
+    return (servers or nodes), disagree
+
+
+def doctor(cfg: Config, k3s: Any, clock: Clock) -> tuple[str, str]:
+    """doctor's `servers` line: PASS with the count; FAIL when the counts of servers disagree, or when K3s without
+    PR #11844 joins a server through a load balancer (core.rollout.join_refusal)."""
+    if not cfg.verify_api:
+        return "SKIP", "servers: verify-api is false, the cluster is not asked"
+    me = node_name(cfg)
+    cluster = Cluster(k3s.api(), me, clock, lease_seconds(cfg))
+    try:
+        nodes = cluster.servers()
+        ident = identity(cfg, k3s, k3s_version(cluster))
+        servers, disagree = count_servers(cluster, nodes, me, ident)
+        reports = Cluster.reports(cluster.leases())
+    except (APIError, ConfigError) as e:
+        return "FAIL", f"servers: the cluster cannot say how many servers it has: {e}"
+    reports.setdefault(me, Report(me, [], "", "", "", "", None, None, **ident))
+    if disagree is not None:
+        return "FAIL", f"servers: {disagree}"
+    refusal = join_refusal(servers, reports)
+    if refusal is not None:
+        return "FAIL", f"servers: {refusal}"
+    return "PASS", f"servers: {len(servers)} ({', '.join(s.name for s in servers)})"

@@ -20,8 +20,8 @@ Only `staged` is allowed: the new key must verify on every server before any ser
 Failure policy (applied here):
 - A server that fails its restart reports it; the driver rolls the whole cluster back (a rollback is published
   like any step, and the others restart onto it).
-- A server that is down, or whose k3srotd does not run, is waited for without a time limit; the step stays open,
-  no next step starts, and status and the log say which server is awaited and why. It catches up when it runs.
+- Servers are counted by kube-apiserver (core.rollout.members). A step starts, and each restart begins, only while
+  every other server is up (not_serving); a server down mid-step is waited for without a time limit.
 - A server that cannot reach the API does nothing: no lease, so no restart and no step (and says so).
 - A lease holder that died blocks the others for one lease duration at most.
 """
@@ -34,7 +34,7 @@ import datetime as dt
 import json
 from typing import Iterator, Optional, Sequence
 
-from k3srotd.cluster.book import Book, lease_seconds, node_name
+from k3srotd.cluster.book import Book, count_servers, identity, k3s_version, lease_seconds, node_name
 from k3srotd.cluster.follower import Follower
 from k3srotd.cluster.leases import Cluster, Held
 from k3srotd.cluster.link import API_RETRY, LOOK_SECONDS, TURN_POLL, TURN_WAIT, Link, Waiting
@@ -43,7 +43,7 @@ from k3srotd.core.clock import Clock
 from k3srotd.core.cluster import ANN, RESTART_LEASE, STEP_LEASE, TOKENS_LEASE, Step, micro, parse_time
 from k3srotd.core.model import Intent, State, ts
 from k3srotd.core.ports import Log
-from k3srotd.core.rollout import awaited, direct_refused, out_of_step
+from k3srotd.core.rollout import awaited, direct_refused, join_refusal, not_serving, out_of_step
 from k3srotd.core.verify import VerifyFailed
 from k3srotd.engine.coordinator import Announcement, Coordinator, OneServer, Rejoined, Run
 from k3srotd.engine.restart import Progress, Restarter
@@ -93,6 +93,10 @@ def attach(
                 "kubeconfig"
             ) from None
         return OneServer(me)
+    ident = identity(cfg, k3s, k3s_version(cluster))
+    servers, disagree = count_servers(cluster, servers, me, ident)
+    if disagree is not None and not run.background:
+        raise SafetyRefusal(f"{disagree}; nothing was changed")  # the daemon reports first and waits (begin)
     names = [s.name for s in servers]
     if len(names) <= 1:
         if len(known) > 1:
@@ -106,6 +110,8 @@ def attach(
     if known != names:
         book.update(servers=names, node=me)
     link = Link(cluster, book, clock, log, progress, run.background, servers)
+    link.ident = ident
+    link.disagree = disagree
     return ClusterCoordinator(link, Follower(cfg, k3s, link, restarter, store), run)
 
 
@@ -135,13 +141,37 @@ class ClusterCoordinator:
 
     # --- the driver's part
     def begin(self, step: str) -> None:
-        """Before the step's first side effect: take k3srotd-step; refuse (Waiting) unless the cluster is in step."""
+        """Before the step's first side effect: take k3srotd-step; refuse (Waiting) unless the cluster is in step;
+        while another server is down, wait (a command: up to restart-timeout, then SafetyRefusal)."""
+        link = self.link
+        clock = link.clock
+        limit = clock.monotonic() + self.follower.cfg.restart_timeout.total_seconds()
+        while True:
+            down = self._begin_once(step)
+            if down is None:
+                return
+            text = f"{step} waits: every other server must be up and serving first: {down}"
+            link.say("rolling.waiting", text)
+            if self.run.background:
+                raise Waiting(text)
+            if clock.monotonic() >= limit:
+                raise SafetyRefusal(
+                    f"{step} refused: after restart-timeout ({self.follower.cfg.restart_timeout}) not every other "
+                    f"server is up and serving: {down}; nothing was changed. Start K3s there (or its k3srotd) "
+                    "and try again"
+                )
+            if link.progress is not None:
+                link.progress(text, clock.monotonic() - limit)
+            clock.sleep(LOOK_SECONDS)
+
+    def _begin_once(self, step: str) -> Optional[str]:
+        """Take k3srotd-step and judge the cluster: None to go on, else which servers are down (lease given back)."""
         link = self.link
         try:
             self._acquire_step_lease()
             self.holding_step = True
             if step == "rollback":
-                return  # a human's rollback goes ahead; the servers catch up as they can
+                return None  # a human's rollback goes ahead; the servers catch up as they can
             data, _ = self.follower._live()
             servers, cur, reports = link.picture()
         except Held as h:
@@ -149,14 +179,21 @@ class ClusterCoordinator:
         except APIError as e:
             raise Waiting(f"{step} waits: cannot reach the API ({e})", API_RETRY) from None
         seen = self.follower.seen_step
-        reason = out_of_step(servers, cur, reports, self.me, sha256(data))
+        reason = link.disagree or out_of_step(servers, cur, reports, self.me, sha256(data))
         moved = cur is not None and cur.id != seen and cur.driver != self.me
         if reason is None and seen is not None and moved and cur is not None:
             reason = f"the cluster moved on to {cur.step} ({cur.id})"
+        refusal = join_refusal(servers, reports)
+        down = not_serving(servers, reports, self.me, link.clock.now())
+        if reason is None and refusal is None and not down:
+            return None
+        link.release(STEP_LEASE)
+        self.holding_step = False
+        if refusal is not None:
+            raise SafetyRefusal(f"{step} refused: {refusal}; nothing was changed")
         if reason is not None:
-            link.release(STEP_LEASE)
-            self.holding_step = False
             raise Waiting(f"{step} waits: {reason}")
+        return ", ".join(down)
 
     def _acquire_step_lease(self, annotations: Optional[dict[str, str]] = None, wait: Optional[float] = None) -> None:
         """Take k3srotd-step (merging `annotations` in), retrying while another server holds it for up to `wait`
@@ -275,6 +312,8 @@ class ClusterCoordinator:
                 data, live = self.follower._live()
                 if sha256(data) == step.target_sha:
                     link.report(live.kids, step.target_sha, force=True, step_id=step.id, result="ok", error="")
+            elif mine is not None:  # kept fresh while it waits: the others restart only while every report is
+                link.report(mine.live_kids, mine.live_sha)
             servers, cur, reports = link.picture()
         except APIError as e:
             return [("the API", f"cannot reach the API ({e})")], [], len(link.servers)

@@ -27,7 +27,7 @@ import urllib.parse
 from typing import Any, Optional
 
 from k3srotd.core.clock import Clock
-from k3srotd.core.cluster import NODE_LEASE, Lease, Report, Server, micro
+from k3srotd.core.cluster import NODE_LEASE, Apiserver, Lease, Report, Server, micro
 from k3srotd.node.kubeapi import APIError, KubeAPI
 
 NAMESPACE = "kube-system"
@@ -89,14 +89,28 @@ class Cluster:
         return Lease.from_json(self._check(status, doc, name))
 
     def leases(self) -> dict[str, Lease]:
+        return self.snapshot()[0]
+
+    def snapshot(self) -> tuple[dict[str, Lease], list[Apiserver]]:
+        """k3srotd's Leases and the kube-apiservers' identity Leases, from one list of kube-system's Leases."""
         status, doc = self.api.call("GET", LEASES)
         items = self._check(status, doc, "").get("items") or []
-        out = {}
+        out, apis = {}, []
         for item in items:
             lease = Lease.from_json(item)
             if lease.name.startswith("k3srotd-"):
                 out[lease.name] = lease
-        return out
+            api = Apiserver.from_json(item) if isinstance(item, dict) else None
+            if api is not None:
+                apis.append(api)
+        return out, apis
+
+    def version(self) -> str:
+        """The K3s version this server's kube-apiserver reports (GET /version: gitVersion, e.g. v1.31.4+k3s1)."""
+        status, doc = self.api.call("GET", "/version")
+        if status != 200 or not isinstance(doc, dict):
+            return ""
+        return str(doc.get("gitVersion") or "")
 
     def _body(
         self, name: str, holder: str, renew: Optional[dt.datetime], acquire: Optional[dt.datetime], transitions: int

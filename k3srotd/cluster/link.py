@@ -14,6 +14,7 @@ from k3srotd.cluster.leases import Cluster, Held
 from k3srotd.core.clock import Clock
 from k3srotd.core.cluster import RESTART_LEASE, STEP_LEASE, TOKENS_LEASE, Lease, Report, Server, Step
 from k3srotd.core.ports import Log
+from k3srotd.core.rollout import join_wait, members, not_serving
 from k3srotd.engine.restart import Progress
 from k3srotd.errors import LockHeld
 from k3srotd.node.kubeapi import APIError
@@ -57,16 +58,35 @@ class Link:
         self.check_id = ""  # the token check asked on k3srotd-tokens, as last read
         self.mine: Optional[Report] = None
         self.turn: Optional[Lease] = None  # k3srotd-restart, as last read
+        self.ident: dict[str, Any] = {}  # host, version, join, addrs, join_addrs: in every report (book.identity)
+        self.disagree: Optional[str] = None  # the counts of servers disagree (core.rollout.members), as last read
 
     def picture(self) -> tuple[list[Server], Optional[Step], dict[str, Report]]:
-        leases = self.cluster.leases()
-        self.servers = self.cluster.servers()
+        """The servers (core.rollout.members: by kube-apiservers and Nodes), the published step, every report."""
+        leases, apis = self.cluster.snapshot()
+        nodes = self.cluster.servers()
         reports = Cluster.reports(leases)
         if self.mine is None:
             self.mine = reports.get(self.me)
+        if self.mine is not None:
+            reports[self.me] = self.mine
+        servers, self.disagree = members(nodes, apis, reports)
+        self.servers = servers or nodes
         self.check_id = leases[TOKENS_LEASE].ann("check-id") if TOKENS_LEASE in leases else ""
         self.turn = leases.get(RESTART_LEASE)
         return self.servers, Step.from_lease(leases.get(STEP_LEASE)), reports
+
+    def restart_gate(self) -> Optional[str]:
+        """Why this server may not restart now, or None: every other server must be up and serving (one down
+        already and a restart here may take etcd below its quorum), and, on K3s without PR #11844, its join
+        target must run the published step first."""
+        if self.mine is not None:  # a report kept fresh while this server waits: the others judge it by that
+            self.report(self.mine.live_kids, self.mine.live_sha)
+        servers, step, reports = self.picture()
+        down = not_serving(servers, reports, self.me, self.clock.now(), reported=False)
+        if down:
+            return "every other server must be up and serving first: " + ", ".join(down)
+        return join_wait(step, reports, self.me)
 
     def say(self, event: str, text: str, level: str = "info") -> None:
         """Log `text` once per change (the daemon looks every second; the log should not)."""
@@ -88,6 +108,7 @@ class Link:
             valid_until=None,
             tokens_check=fields.get("tokens_check", cur.tokens_check if cur else ""),
             tokens=fields.get("tokens", cur.tokens if cur else ""),
+            **self.ident,
         )
         # rewritten when it changes, else about every HEARTBEAT: each write is a datastore write on every server
         every = min(HEARTBEAT, self.cluster.duration / 2)
@@ -103,16 +124,20 @@ class Link:
         while True:
             try:
                 self.cluster.acquire(RESTART_LEASE)
-                return None
+                gate = self.restart_gate()
+                if gate is None:
+                    return None
+                self.release(RESTART_LEASE)
+                why = f"{what} waits: {gate}"
             except (Held, APIError) as h:
                 why = f"{what} waits for its turn: {h}"
-                waited = self.clock.monotonic() - start
-                if limit is not None and waited >= limit:
-                    return why
-                self.say("rolling.turn", why)
-                if self.progress is not None:
-                    self.progress(why, waited)
-                self.clock.sleep(TURN_POLL)
+            waited = self.clock.monotonic() - start
+            if limit is not None and waited >= limit:
+                return why
+            self.say("rolling.turn", why)
+            if self.progress is not None:
+                self.progress(why, waited)
+            self.clock.sleep(TURN_POLL)
 
     def release(self, name: str) -> None:
         try:

@@ -214,6 +214,13 @@ def ownership_checks(cfg: Config) -> list[Check]:
     return [Check(f"ownership {p.path}", lambda p=p: (FAIL, f"ownership: {p.line()}")) for p in found]  # type: ignore[misc]
 
 
+def _servers(cfg: Config, k3s: K3s, clock: Clock) -> Verdict:
+    from k3srotd.cluster import book
+
+    level, text = book.doctor(cfg, k3s, clock)
+    return {"PASS": PASS, "FAIL": FAIL}.get(level, SKIP), text
+
+
 def checks(cfg: Config, outcome: Outcome, clock: Clock, config_path: Optional[str] = None) -> list[Check]:
     k3s = K3s(cfg)
     sources = ", ".join(cfg.sources) if cfg.sources else "no file, all defaults"
@@ -224,6 +231,7 @@ def checks(cfg: Config, outcome: Outcome, clock: Clock, config_path: Optional[st
         *node_checks(cfg, k3s, outcome.levels),
         *local_checks(cfg),
         Check("other rotators", lambda: other_rotator(cfg, k3s), (API,)),
+        Check("servers", lambda: _servers(cfg, k3s, clock), (API,)),
         *identity_checks(cfg, k3s, clock),
     ]
 

@@ -16,6 +16,12 @@ RESTART_LEASE = "k3srotd-restart"
 NODE_LEASE = "k3srotd-node-"
 TOKENS_LEASE = "k3srotd-tokens"
 ANN = "k3srotd.io/"
+# kube-apiserver's identity Lease (Kubernetes >= 1.26, KEP-1965): one per running kube-apiserver in kube-system,
+# renewed every 10 s (IdentityLeaseRenewIntervalPeriod); three renewals missed: that apiserver does not run
+IDENTITY_LABEL = "apiserver.kubernetes.io/identity"
+IDENTITY_VALUE = "kube-apiserver"
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+IDENTITY_FRESH = dt.timedelta(seconds=30)
 
 
 def micro(t: dt.datetime) -> str:
@@ -142,9 +148,19 @@ class Report:
     valid_until: Optional[dt.datetime]
     tokens_check: str = ""  # the token check (TOKENS_LEASE check-id) it answered last
     tokens: str = ""  # its answer: "ok" (no watched counter grew during the grace-period), else what grew
+    host: str = ""  # its hostname: kube-apiserver's identity Lease names its host by it
+    version: str = ""  # its K3s version (the API's /version)
+    join: str = ""  # its join URL (`server:` in K3s's config); "" on the init server
+    addrs: tuple[str, ...] = ()  # host:port where its kube-apiserver listens (a join URL names one of them)
+    join_addrs: tuple[str, ...] = ()  # what its join URL resolves to, host:port
 
     def annotations(self) -> dict[str, str]:
         return {
+            ANN + "host": self.host,
+            ANN + "k3s-version": self.version,
+            ANN + "join": self.join,
+            ANN + "addrs": ",".join(self.addrs),
+            ANN + "join-addrs": ",".join(self.join_addrs),
             ANN + "live-kids": ",".join(self.live_kids),
             ANN + "live-sha256": self.live_sha,
             ANN + "step-id": self.step_id,
@@ -167,7 +183,38 @@ class Report:
             valid_until=lease.expires,
             tokens_check=lease.ann("tokens-check"),
             tokens=lease.ann("tokens"),
+            host=lease.ann("host"),
+            version=lease.ann("k3s-version"),
+            join=lease.ann("join"),
+            addrs=tuple(a for a in lease.ann("addrs").split(",") if a),
+            join_addrs=tuple(a for a in lease.ann("join-addrs").split(",") if a),
         )
+
+    def fresh(self, now: dt.datetime) -> bool:
+        """Its k3srotd renewed its report within the report lease's duration."""
+        return self.valid_until is not None and self.valid_until > now
+
+
+@dataclasses.dataclass(frozen=True)
+class Apiserver:
+    """A kube-apiserver, from its identity Lease."""
+
+    host: str  # the kubernetes.io/hostname label
+    holder: str
+    renew: Optional[dt.datetime]
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Optional[Apiserver]:
+        meta = obj.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        if labels.get(IDENTITY_LABEL) != IDENTITY_VALUE:
+            return None
+        spec = obj.get("spec") or {}
+        host = str(labels.get(HOSTNAME_LABEL) or meta.get("name") or "")
+        return cls(host, str(spec.get("holderIdentity") or ""), parse_time(spec.get("renewTime")))
+
+    def fresh(self, now: dt.datetime) -> bool:
+        return self.renew is not None and now - self.renew < IDENTITY_FRESH
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,3 +222,5 @@ class Server:
     name: str
     ready: str  # "True" | "False" | "Unknown" | "" (no Ready condition)
     reason: str  # the Ready condition's message when not True
+    node: bool = True  # it has a Node (a server started with --disable-agent has none)
+    api: Optional[Apiserver] = None  # its kube-apiserver's identity Lease, when the cluster publishes them

@@ -9,8 +9,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal, Optional, Sequence
 
-from k3srotd.core import planner
-from k3srotd.core.cluster import Lease, Report, Server, Step
+from k3srotd.core import planner, versions
+from k3srotd.core.cluster import Apiserver, Lease, Report, Server, Step
 from k3srotd.core.model import State, parse_ts, ts
 from k3srotd.core.window import MaintenanceWindow
 from k3srotd.errors import SafetyRefusal
@@ -134,3 +134,123 @@ def shown_state(state: State, following: object) -> State:
     if at is None or not isinstance(before, list) or not isinstance(target, list):
         return state
     return planner.committed(state, str(f["step"]), before, target, at)
+
+
+# --- who the servers are (issue 11: count by kube-apiservers), whether the others are up, the restart order
+def members(
+    nodes: Sequence[Server], apis: Sequence[Apiserver], reports: dict[str, Report]
+) -> tuple[list[Server], Optional[str]]:
+    """The cluster's servers: one per kube-apiserver (its identity Lease), named as its k3srotd reports (node
+    name, or its hostname, which the Lease's label carries), and every control-plane Node. Without identity Leases
+    (Kubernetes before 1.26) the Nodes alone. With why, when the counts cannot be explained: a kube-apiserver
+    whose k3srotd never reported (counted by its hostname)."""
+    if not apis:
+        return sorted(nodes, key=lambda s: s.name), None
+    named: dict[str, str] = {}
+    for r in reports.values():
+        for h in (r.host, r.node):
+            if h:
+                named[h] = r.node
+    by_node = {n.name: n for n in nodes}
+    out: dict[str, Server] = {}
+    unknown = []
+    for a in sorted(apis, key=lambda a: a.host):
+        name = named.get(a.host)
+        if name is None:
+            unknown.append(a.host)
+            name = a.host
+        n = by_node.get(name)
+        out[name] = Server(name, n.ready if n else "", n.reason if n else "", node=n is not None, api=a)
+    for n in nodes:
+        out.setdefault(n.name, n)  # a Node without a running kube-apiserver: a server that is down
+    servers = [out[k] for k in sorted(out)]
+    if unknown:
+        return servers, (
+            f"counted {len(apis)} kube-apiservers (identity Leases of {', '.join(sorted(a.host for a in apis))}), "
+            f"{len(reports)} k3srotd reports ({', '.join(sorted(reports)) or 'none'}) and {len(nodes)} control-plane "
+            f"Nodes ({', '.join(sorted(by_node)) or 'none'}): the kube-apiserver on {', '.join(unknown)} has no "
+            "k3srotd report. Run k3srotd on every server (each reports within seconds of starting)"
+        )
+    return servers, None
+
+
+def not_serving(
+    servers: Sequence[Server], reports: dict[str, Report], me: str, now: dt.datetime, reported: bool = True
+) -> list[str]:
+    """The OTHER servers that are not up and serving, each with why: its kube-apiserver renews its identity Lease,
+    its Node is Ready (where it has one) and (`reported`: before a step starts) its k3srotd's report is fresh. A
+    restart waits for the first two only: a k3srotd that stopped in the middle of a step takes no K3s down."""
+    by_identity = any(s.api is not None for s in servers)
+    out = []
+    for srv in servers:
+        if srv.name == me:
+            continue
+        why = []
+        if srv.api is not None and not srv.api.fresh(now):
+            when = ts(srv.api.renew) if srv.api.renew else "never"
+            why.append(f"its kube-apiserver has not renewed its identity Lease since {when}")
+        elif srv.api is None and by_identity:
+            why.append("no kube-apiserver runs there (no identity Lease)")
+        if srv.node and srv.ready != "True":
+            why.append(f"Node Ready {srv.ready or 'unknown'}" + (f" ({srv.reason})" if srv.reason else ""))
+        r = reports.get(srv.name)
+        if r is None and reported:
+            why.append("its k3srotd has never reported")
+        elif r is not None and reported and not r.fresh(now):
+            why.append(f"its k3srotd has not reported since {ts(r.at) if r.at else 'never'}")
+        if why:
+            out.append(f"{srv.name} ({'; '.join(why)})")
+    return out
+
+
+def _old(r: Report) -> bool:
+    v = versions.parse(r.version)
+    return v is not None and versions.old_bootstrap(v)
+
+
+def join_target(r: Report, reports: dict[str, Report]) -> tuple[Optional[str], bool]:
+    """(the server its join URL names, True) ; (None, True) for the init server (no join URL); (None, False) for a
+    join URL that names no single server's own address (a load balancer, or a name for several)."""
+    if not r.join:
+        return None, True
+    hit = sorted({o.node for o in reports.values() if set(o.addrs) & set(r.join_addrs)})
+    return (hit[0], True) if len(hit) == 1 else (None, False)
+
+
+def join_refusal(servers: Sequence[Server], reports: dict[str, Report]) -> Optional[str]:
+    """One line when a server on K3s without PR #11844 joins through a URL that names no single server: each of
+    its restarts would reconcile from some peer's own disk, not the datastore, and may come back on old keys."""
+    mine = [reports[s.name] for s in servers if s.name in reports]
+    if not any(_old(r) for r in mine):
+        return None
+    for r in mine:
+        _, single = join_target(r, reports)
+        if not single:
+            old = sorted({r2.version for r2 in mine if _old(r2)})
+            return (
+                f"{r.node} joins through {r.join}, which names none of the servers' own addresses (a load "
+                f"balancer), and K3s {', '.join(old)} restarts it from whichever server answers there, from that "
+                "server's disk, not the datastore: it may come back on the old keys. Upgrade K3s to a release that "
+                f"fixes it (PR #11844: {versions.releases(versions.BOOTSTRAP_FROM_DATASTORE)}), or use K3s's own "
+                f"workaround: remove the server address (`server:` / K3S_URL) from {r.node}'s K3s config before "
+                "it rotates"
+            )
+    return None
+
+
+def join_wait(step: Optional[Step], reports: dict[str, Report], me: str) -> Optional[str]:
+    """Why this server's restart onto `step` waits for its join target, on K3s without PR #11844 (it reconciles from
+    that server's disk at every restart, so that server must run the step first); None when it may go."""
+    r = reports.get(me)
+    if step is None or r is None or not any(_old(o) for o in reports.values()):
+        return None
+    target, single = join_target(r, reports)
+    if target is None or target == me or not single:
+        return None
+    t = reports.get(target)
+    if t is not None and t.step_id == step.id and t.result == "ok" and t.live_sha == step.target_sha:
+        return None
+    return (
+        f"{me} joins through {target} ({r.join}), and K3s {r.version} restarts it from {target}'s disk: {target} "
+        f"restarts onto {step.step} first"
+    )

@@ -62,3 +62,13 @@ def check(v: Version) -> tuple[Literal["PASS", "FAIL"], str]:
 def readme_rows() -> list[str]:
     """The README's supported-versions table, one Markdown row per floor."""
     return [f"| {what} | {releases(floor)} |" for what, floor in FLOORS]
+
+
+# K3s PR #11844 ("Serve HTTP bootstrap data from datastore before disk", merged 2025-02-25): before it, a server
+# that joined through a `server:` URL reconciles at every restart from that peer's own disk, not the datastore.
+BOOTSTRAP_FROM_DATASTORE: Floor = {(1, 29): 15, (1, 30): 11, (1, 31): 7, (1, 32): 3, (1, 33): 0}
+
+
+def old_bootstrap(v: Version) -> bool:
+    """True on a release without #11844 (1.28 and older never got it)."""
+    return not meets(v, BOOTSTRAP_FROM_DATASTORE)

@@ -19,10 +19,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("chaos")]
 
 # Known k3srotd defects (issue 11) that the chaos runs show today; each test below that shows one is marked
 # xfail(strict=True) with it, so that it flips to a failure, to be unmarked, once the defect is fixed.
-QUORUM = (
-    "issue 11, a server already down: a step starts and restarts a server while another server's K3s is down "
-    "(two of three down: etcd loses quorum)"
-)
 GATE_SLEEP = (
     "issue 11, coordination costs: a daemon whose prune gate says 'not yet' (on a cluster its first verdict is "
     "always 'have not answered') sleeps 5 minutes, neither answering nor following steps, so the cluster does "
@@ -58,7 +54,6 @@ def test_replay(tmp_path: Path) -> None:
 
 
 # Shrunk schedules of failures found by the chaos runs.
-@pytest.mark.xfail(strict=True, reason=QUORUM + "; and " + GATE_SLEEP)
 def test_regression_a_step_while_a_server_is_stopped_keeps_quorum(tmp_path: Path) -> None:
     """The pattern of seeds 3, 5 and 6 (K3s stopped on one server, then k3srotd restarts another), shrunk by hand to
     two faults: server-2's K3s is stopped (systemctl stop) and a rotate-now runs on server-0 meanwhile."""

@@ -26,10 +26,11 @@ class ClusterNode(Node):
         self.name = name
         self.daemon: Optional[subprocess.Popen] = None
         self.daemon_log = root / "daemon.log"
+        self.extra_env: dict[str, str] = {}  # K3SEMU_VERSION: the restart-command k3srotd runs starts K3s with it
         self.write_config(node_name=name, max_splay="0s")
 
     def env(self, extra: Optional[dict[str, str]] = None) -> dict[str, str]:
-        return {"K3SROTD_TEST_LEASE_SECONDS": str(LEASE_SECONDS), **(extra or {})}
+        return {"K3SROTD_TEST_LEASE_SECONDS": str(LEASE_SECONDS), **self.extra_env, **(extra or {})}
 
     def k3srotd(
         self, *args: str, env: Optional[dict[str, str]] = None, timeout: float = 120
@@ -80,17 +81,23 @@ class ClusterNode(Node):
 
 
 class Cluster:
-    def __init__(self, root: Path, n: int = 3) -> None:
+    def __init__(
+        self, root: Path, n: int = 3, join: Optional[str] = None, version: Optional[str] = None, agent: bool = True
+    ) -> None:
         # kube-controller-manager's node-monitor grace (40 s) and the kubelet's node lease, shortened with the real
         # flags so that a stopped server's Node turns Unknown within seconds, as it would after 40 s
         grace = [
             "--kube-controller-manager-arg=node-monitor-grace-period=2s",
             "--kubelet-arg=node-lease-duration-seconds=2",
         ]
-        self.emu = EmulatedCluster(n, root / "k3s", extra_args=grace)
+        if not agent:  # servers without a Node (K3s registers one only for a server that runs an agent)
+            grace.append("--disable-agent")
+        self.emu = EmulatedCluster(n, root / "k3s", extra_args=grace, join=join, version=version)
         self.nodes = [
             ClusterNode(root / f"node-{i}", srv, str(srv.node_name)) for i, srv in enumerate(self.emu.servers)
         ]
+        for n in self.nodes:  # a K3s restarted by k3srotd keeps its version
+            n.extra_env = {"K3SEMU_VERSION": version} if version else {}
 
     def start(self) -> Cluster:
         self.emu.start()

@@ -89,6 +89,12 @@ def test_direct_is_refused_with_more_than_one_server(cluster: Cluster) -> None:
     a = cluster[0]
     for n in cluster:
         n.write_config(strategy="direct")
+    for n in cluster[1], cluster[2]:  # every kube-apiserver has a k3srotd (else the count alone refuses)
+        n.start_daemon()
+    wait_until(
+        "the daemons report",
+        lambda: {"kube-system/k3srotd-node-server-1", "kube-system/k3srotd-node-server-2"} <= set(cluster.leases()),
+    )
     pids = [n.server.pid for n in cluster]
     datastore = a.server.datastore_kids()
     proc = a.k3srotd("rotate-now")
