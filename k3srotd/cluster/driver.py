@@ -128,7 +128,6 @@ class ClusterCoordinator:
         self.holding_step = False
         self.current: Optional[Step] = None  # the step this server announced (or rejoined)
 
-    # --- the follower's part
     def catch_up(self, state: State, wait: bool) -> Optional[tuple[str, float]]:
         if wait:
             self.follower.wait_in_step(state)
