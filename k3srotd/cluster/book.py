@@ -8,7 +8,7 @@ import datetime as dt
 import socket
 import urllib.parse
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from k3srotd.cluster.leases import Cluster
 from k3srotd.config import Config
@@ -20,6 +20,9 @@ from k3srotd.core.rollout import shown_state as _shown
 from k3srotd.errors import ConfigError
 from k3srotd.node.kubeapi import APIError
 from k3srotd.node.store import JsonStore, as_is, json_object
+
+if TYPE_CHECKING:  # types only: the K3s seam is handed in
+    from k3srotd.node.k3s import K3s
 
 BOOK = "cluster.json"
 
@@ -138,7 +141,7 @@ def _lease_text(lease: Optional[Lease], now: dt.datetime) -> str:
 
 
 # --- what this server tells the others about itself (in every report)
-def identity(cfg: Config, k3s: Any, version: str) -> dict[str, Any]:
+def identity(cfg: Config, k3s: K3s, version: str) -> dict[str, Any]:
     """host, K3s version, join URL, its own addresses and what the join URL resolves to (core.rollout.join_target)."""
     port = urllib.parse.urlsplit(cfg.k3s_server_url).port or 6443
     join = join_url(cfg, k3s)
@@ -151,7 +154,7 @@ def identity(cfg: Config, k3s: Any, version: str) -> dict[str, Any]:
     }
 
 
-def join_url(cfg: Config, k3s: Any) -> str:
+def join_url(cfg: Config, k3s: K3s) -> str:
     """K3s's join URL as K3s takes it: `--server`/`-s` on its command line, else `server:` in its config
     (config.yaml and config.yaml.d), else K3S_URL in the installer's environment file."""
     proc = k3s.server_process()
@@ -224,7 +227,7 @@ def count_servers(
     return (servers or nodes), disagree
 
 
-def doctor(cfg: Config, k3s: Any, clock: Clock) -> tuple[str, str]:
+def doctor(cfg: Config, k3s: K3s, clock: Clock) -> tuple[str, str]:
     """doctor's `servers` line: PASS with the count; FAIL when the counts of servers disagree, or when K3s without
     PR #11844 joins a server through a load balancer (core.rollout.join_refusal)."""
     if not cfg.verify_api:
