@@ -17,7 +17,12 @@ from k3srotd.core.model import State
 from k3srotd.errors import K3srotdError
 from k3srotd.node.store import CorruptFile, decode_state
 
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FAST = settings(
+    max_examples=150,
+    deadline=None,
+    # too_slow: on a loaded two-core machine input generation alone can pass the health check's bound
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 KEY = keys.generate(2048)
 PEM_LINES = st.sampled_from(
     [b"-----BEGIN PUBLIC KEY-----\n", b"-----END PUBLIC KEY-----\n", b"-----BEGIN RSA PRIVATE KEY-----\n", b"\r\n"]
