@@ -289,6 +289,9 @@ class Daemon:
         )
         if not self.cfg.automatic:
             self.log.info("daemon.manual", msg=f"automatic steps are off; {schedule.opt_in_hint(self.config_path)}")
+        unsafe = config_mod.short_grace_warning(self.cfg)
+        if unsafe:  # as every command says it: the daemon's own journal record
+            self.log.warning("config.unsafe-short-grace", msg=unsafe)
         # READY once config is loaded and an interrupted step is finished or undone
         wake = self.tick(act=False)
         self.notifier.ready(self.status_line)

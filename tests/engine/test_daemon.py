@@ -296,7 +296,9 @@ def test_without_automatic_the_daemon_still_undoes_an_interrupted_step_and_a_dro
 ) -> None:
     signer = node.server.signer_kid()
     metrics = tmp_path / "k3srotd.prom"
-    node.write_config(automatic=False, rotation_interval="1s", max_splay="0s", metrics_file=str(metrics))
+    node.write_config(
+        automatic=False, rotation_interval="1s", max_splay="0s", metrics_file=str(metrics), grace_period="30m"
+    )
     crashed = node.k3srotd("rotate-now", env={"K3SROTD_TEST_CRASH_AT": "publish:uploaded"})
     assert crashed.returncode == -signal.SIGKILL
     notify = NotifySocket(tmp_path / "notify.sock")
@@ -321,6 +323,7 @@ def test_without_automatic_the_daemon_still_undoes_an_interrupted_step_and_a_dro
     assert proc.returncode == 0, err
     events = [json.loads(ln)["event"] for ln in err.splitlines() if ln.startswith("{")]
     assert "resume.done" in events and "daemon.manual" in events
+    assert "config.unsafe-short-grace" in events  # grace-period 30m, let through by unsafe-short-grace
     assert events.index("config.reloaded") < events.index("daemon.step") < events.index("publish.done")
 
 
