@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
+import shlex
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from k3srotd.confvalues import (
     _argv,
@@ -205,11 +206,12 @@ def load(path: Optional[str] = None, environ: Optional[dict[str, str]] = None, u
             raise ConfigError(f"{src}: key {key!r}: {msg}") from None
     if "restart_command" not in values:
         values["restart_command"] = ("systemctl", "restart", values.get("k3s_service", "k3s"))
-    k3s = load_k3s_settings(Path(values.get("k3s_config", DEFAULT_K3S_CONFIG)))
+    service = values.get("k3s_service", "k3s")
+    k3s = load_k3s_settings(Path(values.get("k3s_config", DEFAULT_K3S_CONFIG)), unit_flags(service, unit_dir))
     if "k3s_data_dir" not in values:
         values["k3s_data_dir"] = k3s.data_dir or DEFAULT_K3S_DATA_DIR
     name = values.get("node_name") or k3s.node_name
-    values["server_name"] = name or _installer_node_name(values.get("k3s_service", "k3s"), unit_dir) or ""
+    values["server_name"] = name or _installer_node_name(service, unit_dir) or ""
     cfg = Config(**values, k3s=k3s, sources=tuple(sources))
     _check_grace(cfg, raw)
     return cfg
@@ -232,6 +234,35 @@ def _installer_node_name(service: str, unit_dir: str) -> Optional[str]:
             if name:
                 return name
     return None
+
+
+UNIT_FLAGS = ("kube-apiserver-arg", "data-dir", "node-name")  # the flags of K3s's unit that k3srotd needs
+
+
+def unit_flags(service: str, unit_dir: str) -> list[tuple[str, str]]:
+    """(flag, value) from ExecStart of the unit the K3s installer writes (INSTALL_K3S_EXEC ends up there):
+    settings given only as flags are not in K3s's config file, and K3s hides its own argv once running."""
+    try:
+        text = (Path(unit_dir) / f"{service}.service").read_text(errors="replace")
+    except OSError:
+        return []
+    joined = text.replace("\\\n", " ")  # systemd's line continuation
+    line = next((ln for ln in joined.splitlines() if ln.strip().startswith("ExecStart=")), "")
+    try:
+        words = shlex.split(line.strip()[len("ExecStart=") :])
+    except ValueError:
+        return []  # unbalanced quotes: systemd would refuse the unit too
+    found: list[tuple[str, str]] = []
+    for i, w in enumerate(words):
+        name, eq, value = w.lstrip("-").partition("=")
+        if not w.startswith("-") or name not in UNIT_FLAGS:
+            continue
+        if not eq:  # `--flag value`
+            if i + 1 >= len(words):
+                continue
+            value = words[i + 1]
+        found.append((name, value))
+    return found
 
 
 def _check_grace(cfg: Config, raw: dict[str, tuple[Any, str]]) -> None:
@@ -265,8 +296,10 @@ def _bool_text(v: str) -> Optional[bool]:
     return {"true": True, "false": False}.get(v.strip().lower())
 
 
-def load_k3s_settings(main: Path) -> K3sSettings:
-    """K3s's config.yaml and .d/: keys as its CLI flags; `key+` appends to a list, as K3s does."""
+def load_k3s_settings(main: Path, flags_given: Sequence[tuple[str, str]] = ()) -> K3sSettings:
+    """K3s's config.yaml and .d/: keys as its CLI flags; `key+` appends to a list, as K3s does. Then the flags of
+    K3s's unit: K3s puts config-file values before its command line, so a flag's list items come last and a flag's
+    scalar wins (urfave/cli's altsrc, pkg/configfilearg)."""
     try:
         raw, sources = _layered(main)
     except ConfigError as e:
@@ -284,6 +317,10 @@ def load_k3s_settings(main: Path) -> K3sSettings:
     args = merged.get("kube-apiserver-arg", [])
     if isinstance(args, str):
         args = [args]
+    args = (list(args) if isinstance(args, list) else []) + [v for f, v in flags_given if f == "kube-apiserver-arg"]
+    for flag, value in flags_given:
+        if flag != "kube-apiserver-arg":
+            merged[flag] = value
     flags: dict[str, str] = {}
     for a in args if isinstance(args, list) else []:
         if not isinstance(a, str):

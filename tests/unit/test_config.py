@@ -113,3 +113,40 @@ def test_k3s_settings_and_grace_shorter_than_token_expiration(tmp_path: Path) ->
     p.write_text(f"k3s-config: {k3s}\ngrace-period: 24h\n")
     with pytest.raises(ConfigError, match="shorter than K3s's service-account-max-token-expiration"):
         config.load(str(p))
+
+
+INSTALLER_UNIT = """[Unit]
+Description=Lightweight Kubernetes
+
+[Service]
+Type=notify
+EnvironmentFile=-/etc/systemd/system/k3s.service.env
+ExecStartPre=/bin/sh -xc '! /usr/bin/systemctl is-enabled --quiet nm-cloud-setup.service'
+ExecStart=/usr/local/bin/k3s \\
+    server \\
+\t'--data-dir' \\
+\t'/srv/k3s' \\
+\t'--kube-apiserver-arg=service-account-extend-token-expiration=false' \\
+\t'--kube-apiserver-arg' \\
+\t'service-account-max-token-expiration=48h' \\
+
+"""
+
+
+def test_k3s_flags_in_the_installers_unit_count_like_its_config(tmp_path: Path) -> None:
+    """INSTALL_K3S_EXEC puts flags into the unit's ExecStart (the installer's layout, one quoted word a line), not
+    into K3s's config file: k3srotd reads them there, after the config file's values, as K3s orders them."""
+    units = tmp_path / "systemd"
+    write(units / "k3s.service", INSTALLER_UNIT)
+    k3s = write(tmp_path / "k3s" / "config.yaml", "kube-apiserver-arg:\n  - service-account-issuer=https://a.example\n")
+    p = write(tmp_path / "c.yaml", f"k3s-config: {k3s}\ngrace-period: 72h\n")
+    cfg = config.load(str(p), environ={}, unit_dir=str(units))
+    assert cfg.k3s_data_dir == "/srv/k3s"
+    assert cfg.k3s.issuer == "https://a.example"
+    assert cfg.k3s.max_token_expiration == dt.timedelta(hours=48)
+    assert cfg.k3s.extend_token_expiration is False
+    p.write_text(f"k3s-config: {k3s}\ngrace-period: 24h\n")
+    with pytest.raises(ConfigError, match="shorter than K3s's service-account-max-token-expiration"):
+        config.load(str(p), environ={}, unit_dir=str(units))
+    # without the unit, the same K3s config says nothing of token lifetimes
+    assert config.load(str(p), environ={}, unit_dir=str(tmp_path / "none")).k3s.max_token_expiration is None
