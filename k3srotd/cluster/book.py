@@ -194,7 +194,11 @@ def _local_ips() -> list[str]:
     import psutil
 
     families = (socket.AF_INET, socket.AF_INET6)
-    return [a.address.split("%")[0] for ads in psutil.net_if_addrs().values() for a in ads if a.family in families]
+    try:
+        found = psutil.net_if_addrs()  # getifaddrs: a netlink socket, which the unit allows for this
+    except OSError:  # netlink forbidden (a stricter drop-in): no addresses; a join URL then names none of ours
+        return []
+    return [a.address.split("%")[0] for ads in found.values() for a in ads if a.family in families]
 
 
 def _resolve(url: str) -> tuple[str, ...]:
