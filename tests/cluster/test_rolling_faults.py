@@ -4,6 +4,7 @@ and the server catches up when it returns."""
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import time
@@ -105,6 +106,8 @@ def test_a_step_waits_while_a_server_is_down_then_refuses_with_nothing_changed(c
     wait_until("every daemon reports", lambda: _reported(cluster, "server-0", "server-1", "server-2"))
     a.stop_daemon()
     c.server.stop()  # server-2's K3s stops; its k3srotd keeps running (and reporting what it can)
+    # already down: status shows it so before the step (its Node's grace, or its identity Lease, has run out)
+    wait_until("server-2 seen down", lambda: re.search(r"^not serving +server-2", a.ok("status").stdout, re.M))
     pids = [a.server.pid, b.server.pid]
     datastore = a.server.datastore_kids()
     a.write_config(restart_timeout="6s")
