@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-from typing import TYPE_CHECKING, Optional, Protocol
+from typing import TYPE_CHECKING, Optional
 
 from k3srotd.core import planner
 
@@ -37,19 +37,7 @@ def splay(node: str, limit: dt.timedelta) -> dt.timedelta:
     return dt.timedelta(seconds=h % int(limit.total_seconds()))
 
 
-class Policy(Protocol):
-    """What the schedule reads of the config (k3srotd.config.Config has it all)."""
-
-    @property
-    def strategy(self) -> str: ...
-    @property
-    def publish_wait(self) -> dt.timedelta: ...
-    @property
-    def grace_period(self) -> dt.timedelta: ...
-    @property
-    def rotation_interval(self) -> dt.timedelta: ...
-    @property
-    def maintenance_window(self) -> Optional[MaintenanceWindow]: ...
+Policy = planner.Policy  # what the schedule reads of the config is what the planner reads
 
 
 @dataclasses.dataclass(frozen=True)

@@ -196,12 +196,8 @@ class Store:
         """The state. A newer version is refused (exit 3): this k3srotd cannot know what it records. A corrupt
         one is rebuilt from the live file only after `resync` has put the datastore back to the live file (and
         found no staged file); without `resync`, or when it cannot, refused (exit 3) with what to do."""
-        data = self.file.read_raw_or_corrupt()
-        self._refuse_newer(data)
         try:
-            if isinstance(data, CorruptFile):
-                raise data
-            return State() if data is MISSING else self.file.decode(data)
+            return self._read()
         except _BROKEN as e:
             why = str(e) if isinstance(e, CorruptFile) else f"{type(e).__name__}: {cut(str(e), 120)}"
         if resync is None:
@@ -221,17 +217,21 @@ class Store:
     def load_readonly(self) -> State:
         """For status and dry runs, which write nothing: a newer version is refused as by load(); a corrupt file
         reads as an empty state, with a note saying so (the next step rebuilds it, or refuses)."""
-        data = self.file.read_raw_or_corrupt()
-        self._refuse_newer(data)
         try:
-            if isinstance(data, CorruptFile):
-                raise data
-            return State() if data is MISSING else self.file.decode(data)
+            return self._read()
         except _BROKEN as e:
             self.notes.append(
                 f"{self.path}: is corrupt ({cut(str(e), 120)}); the next step rebuilds it or says why not"
             )
             return State()
+
+    def _read(self) -> State:
+        """The state as the file holds it; a newer version refused; a corrupt file raises one of _BROKEN."""
+        data = self.file.read_raw_or_corrupt()
+        self._refuse_newer(data)
+        if isinstance(data, CorruptFile):
+            raise data
+        return State() if data is MISSING else self.file.decode(data)
 
     def _refuse_newer(self, data: Any) -> None:
         if isinstance(data, dict) and isinstance(data.get("version"), int) and data["version"] > VERSION:
