@@ -240,7 +240,7 @@ def _error_line(message: str) -> str:
 
 def main(argv: Optional[list[str]] = None, run: Optional[Run] = None) -> None:
     """The entry point. `run` (an engine.coordinator.Run) is for the tests' launcher only: production has none."""
-    from k3srotd.errors import K3srotdError
+    from k3srotd.errors import K3srotdError, Terminated
 
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
@@ -256,6 +256,9 @@ def main(argv: Optional[list[str]] = None, run: Optional[Run] = None) -> None:
     except K3srotdError as e:
         if sys.stderr.isatty():
             sys.stderr.write("\r\033[K")
+        click.echo(_error_line(str(e)), err=True)
+        sys.exit(e.exit_code)
+    except Terminated as e:
         click.echo(_error_line(str(e)), err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:

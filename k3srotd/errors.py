@@ -40,3 +40,13 @@ class RollbackFailed(StepFailed):
     """The step failed and putting the old keys back failed too: a human must act."""
 
     exit_code = 1
+
+
+class Terminated(BaseException):
+    """SIGTERM to a manual command: no step was under way, or the one under way has ended (done, or rolled back).
+    A BaseException, as KeyboardInterrupt is: raised from the signal handler at any point, it must not be taken
+    for a failed API call or fetch by the code it interrupts (`except K3srotdError` would keep a wait going).
+    Not exit 1: that says the keys are as they were, and a step that ended before the stop may have changed them.
+    143 is what a shell reports for a process ended by SIGTERM (128 + 15)."""
+
+    exit_code = 143

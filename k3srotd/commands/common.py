@@ -14,18 +14,10 @@ from k3srotd.core.clock import Clock
 from k3srotd.core.durations import format_duration
 from k3srotd.engine.restart import Progress
 from k3srotd.engine.session import Session
-from k3srotd.errors import K3srotdError
+from k3srotd.errors import Terminated
 from k3srotd.node.k3s import K3s
 
 Confirm = Callable[[str], bool]
-
-
-class Terminated(K3srotdError):
-    """SIGTERM: no step was under way, or the one under way has ended (done, or rolled back). Not exit 1: that
-    says the keys are as they were, and a step that ended before the stop may have changed them. 143 is what a
-    shell reports for a process ended by SIGTERM (128 + 15)."""
-
-    exit_code = 143
 
 
 def refuse_other_rotator(cfg: Config, k3s: K3s, what: str) -> None:

@@ -109,6 +109,25 @@ def test_unreachable_issuer_keeps_rotate_now_waiting_and_status_says_so(
     assert f"(awaited since {since.group(1)})" in _events(done.stderr, "promote.gate-open")[0]
 
 
+def test_sigterm_during_a_slow_api_call_at_the_gate_stops_rotate_now(
+    id_node: IdNode, public_issuer: IssuerServer
+) -> None:
+    """The stop lands inside the gate's API call (kube-apiserver answers late): rotate-now exits 143 at once and
+    does not take the stop for a failed call and go on waiting."""
+    id_node.start_bg("rotate-now")
+    wait_until(lambda: "does not list kid" in id_node.status_text(), what="the wait")
+    id_node.server.set_faults({"slow_api": {"seconds": 5, "path": "/.well-known/openid-configuration"}})
+    time.sleep(1.0)  # the gate polls every 0.2 s: its next discovery request is being answered slowly now
+    assert id_node.bg is not None and id_node.bg.poll() is None
+    started = time.monotonic()
+    stopped = id_node.stop_bg()
+    assert stopped.returncode == 143, stopped.stderr
+    assert time.monotonic() - started < 4, "rotate-now waited for the slow call before stopping"
+    assert "stopped by SIGTERM" in stopped.stderr
+    id_node.server.set_faults({})
+    assert _pending(id_node)  # the new key stays published; the next rotate-now continues from it
+
+
 def test_wrong_content_type_is_not_accepted(id_node: IdNode, public_issuer: IssuerServer) -> None:
     public_issuer.jwks_type = "text/html; charset=utf-8"
     id_node.start_bg("rotate-now")

@@ -14,6 +14,7 @@ import re
 import secrets
 import socket
 import sys
+import time
 import traceback
 import urllib.parse
 from dataclasses import dataclass, field
@@ -168,6 +169,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         url = urllib.parse.urlsplit(self.path)
         path, query = url.path, urllib.parse.parse_qs(url.query)
+        slow = faults.peek(self.state.data_dir, "slow_api")
+        if slow is not None and path.startswith(str(slow.get("path", "/"))):
+            time.sleep(float(slow.get("seconds", 1)))
         try:
             if path == "/cacerts":
                 self._send(200, self.state.server_ca_pem, "text/plain")

@@ -12,6 +12,9 @@ Sources: the control file `<data-dir>/emulator/faults.json` and the environment 
 start_stale: the next start keeps the key set on its own disk instead of the datastore's (a joining server
 before K3s PR #11844 reconciled from its join peer's disk, not the datastore; FACTS.md "HA bootstrap").
 
+slow_api: every API request whose path starts with "path" (default "/") is answered only after "seconds" (a
+kube-apiserver waiting on a stalled datastore answers late, not never; read with `peek`, never used up).
+
 Extra keys: slow_start {"seconds": S}; no_come_back {"mode": "hang" | "exit"} (default hang).
 bad_tokens (see identity.py) is read with `peek`, never used up.
 """
@@ -35,6 +38,7 @@ NAMES = (
     "bad_tokens",
     "reply_lost",
     "start_stale",
+    "slow_api",
 )
 ENV = "K3SEMU_FAULTS"
 
