@@ -22,6 +22,9 @@ from k3srotd.core.durations import format_duration
 from k3srotd.core.model import ts
 
 Retired = Sequence[tuple[str, dt.datetime]]  # (kid, retired at), file order
+# kube-apiserver accepts a token up to 60 s past its exp (pkg/serviceaccount/claims.go: leeway): a token whose exp
+# is the end of the grace-period still works for that long
+LEEWAY = dt.timedelta(seconds=60)
 Bound = Literal["proof", "counter", "unbounded"]
 REISSUE = "k3srotd prune --reissue-legacy"
 
@@ -57,7 +60,7 @@ def bound_tokens(extend: Optional[bool], max_expiration: Optional[dt.timedelta],
     """What K3s's token settings prove about bound tokens signed by a key a grace-period retired."""
     if max_expiration is None:
         return "unbounded"
-    if extend is False and max_expiration <= grace:
+    if extend is False and max_expiration + LEEWAY <= grace:
         return "proof"
     return "counter"
 
@@ -66,15 +69,18 @@ def bound_hint(bound: Bound, grace: dt.timedelta) -> str:
     """What an operator can set in K3s to turn the bound-token check into proof; empty when it is proof."""
     if bound == "proof":
         return ""
-    if grace < dt.timedelta(hours=1):  # kube-apiserver refuses a max expiration under 1 h
+    floor = dt.timedelta(hours=1) + LEEWAY  # kube-apiserver refuses a max expiration under 1 h
+    if grace < floor:
         return (
-            f"raise grace-period ({format_duration(grace)}) to at least 1h, then set kube-apiserver-arg "
-            "service-account-max-token-expiration (1h to grace-period) and service-account-extend-token-expiration"
-            "=false in K3s's config to make the prune safe on time"
+            f"raise grace-period ({format_duration(grace)}) to at least {format_duration(floor)}, then set "
+            "kube-apiserver-arg service-account-max-token-expiration (1h to 1m less than grace-period) and "
+            "service-account-extend-token-expiration=false in K3s's config to make the prune safe on time"
         )
-    what = "service-account-extend-token-expiration=false"
+    top = format_duration(grace - LEEWAY)  # the API's 60 s leeway past exp must end within the grace-period too
     if bound == "unbounded":
-        what = f"service-account-max-token-expiration (1h to {format_duration(grace)}) and {what}"
+        what = f"service-account-max-token-expiration (1h to {top}) and service-account-extend-token-expiration=false"
+    else:
+        what = f"service-account-extend-token-expiration=false, with service-account-max-token-expiration at most {top}"
     return f"set kube-apiserver-arg {what} in K3s's config (a K3s restart on every server) to make the prune proof"
 
 

@@ -187,6 +187,18 @@ def _disk_full(run: ChaosRun, f: Fault) -> bool:
     return True
 
 
+def skew_file(n: ClusterNode) -> Path:
+    """Seconds the server's k3srotd clock is off by, read at every look at the time (tests/k3srotd_test_main.py)."""
+    return n.root / "clock-skew"
+
+
+def _clock_skew(run: ChaosRun, f: Fault) -> bool:
+    path = skew_file(run.cluster[f.server])
+    path.write_text(f"{f.args['seconds']}\n")  # stepped at once, while k3srotd runs (as NTP steps a clock)
+    run.later(f.hold, lambda: path.write_text("0\n"))
+    return True
+
+
 EMULATOR = {
     "k3s_crash_at_start": ("crash_at_start", lambda f: {"times": 1}),
     "k3s_slow_start": ("slow_start", lambda f: {"times": 1, "seconds": f.args["seconds"]}),
@@ -214,6 +226,8 @@ def inject(run: ChaosRun, f: Fault) -> bool:
         return _api_cut(run, f)
     if k == "disk_full":
         return _disk_full(run, f)
+    if k == "clock_skew":
+        return _clock_skew(run, f)
     name, spec = EMULATOR[k]
     add_fault(run.cluster[f.server], name, spec(f))
     return True

@@ -326,9 +326,10 @@ def run(
     c.result.kept = keep
     c.result.explicit = explicit
     c.converge_max = converge_max
-    if not test_leases:
-        for n in c.cluster:
-            n.env = lambda extra=None: dict(extra or {})  # type: ignore[method-assign]
+    for n in c.cluster:
+        n.extra_env["K3SROTD_TEST_CLOCK_SKEW_FILE"] = str(faultops.skew_file(n))
+        if not test_leases:
+            n.env = lambda extra=None, n=n: {**n.extra_env, **(extra or {})}  # type: ignore[method-assign]
     try:
         c.start()
         return c.run(schedule)

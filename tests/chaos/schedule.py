@@ -24,8 +24,8 @@ KINDS = (
     "api_cut",  # the server's k3srotd is cut off from the API for `hold` seconds (config names a closed port)
     "reply_lost",  # the server's next rotate-ca reply is lost after the datastore was written (fault reply_lost)
     "disk_full",  # the server's state-dir (a small tmpfs) is filled for `hold` seconds
+    "clock_skew",  # the server's k3srotd clock is stepped args["seconds"] off (either way) for `hold` seconds
 )
-# Clock skew is not in the list: see tests/chaos/README.md (libfaketime hangs Python 3.11's timed waits).
 
 WEIGHTS = {
     "daemon_kill9": 3,
@@ -40,7 +40,9 @@ WEIGHTS = {
     "api_cut": 1,
     "reply_lost": 2,
     "disk_full": 1,
+    "clock_skew": 2,
 }
+SKEW_MAX = 3.0  # seconds either way: "up to a few seconds", as between hosts that keep NTP
 COMMANDS = ("rotate-now", "prune", "rollback")
 
 
@@ -79,6 +81,9 @@ def make(seed: int, servers: int, length: float, mean_gap: float = 6.0, kinds: S
             hold = round(rnd.uniform(2.0, 15.0), 1)
         elif kind in ("api_cut", "disk_full"):
             hold = round(rnd.uniform(5.0, 20.0), 1)
+        elif kind == "clock_skew":
+            hold = round(rnd.uniform(10.0, 40.0), 1)
+            args["seconds"] = round(rnd.choice((-1, 1)) * rnd.uniform(0.5, SKEW_MAX), 1)
         elif kind == "k3s_slow_start":
             args["seconds"] = round(rnd.uniform(2.0, 12.0), 1)
         elif kind == "manual":

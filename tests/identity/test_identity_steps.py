@@ -109,7 +109,7 @@ def test_the_stale_counter_holds_a_prune_only_where_the_settings_give_no_proof(p
     proc = node.k3srotd("prune")
     assert proc.returncode == 0, proc.stderr
     assert "no service-account-max-token-expiration" in proc.stderr  # true of this setup: said
-    assert "raise grace-period (1s) to at least 1h" in proc.stderr  # advice kube-apiserver accepts
+    assert "raise grace-period (1s) to at least 1h 1m" in proc.stderr  # advice kube-apiserver accepts
     assert node.server.jwks_kids() == [node.signing_kid()]
 
 

@@ -150,7 +150,8 @@ def test_first_due_and_the_refusal() -> None:
     ("extend", "max_exp", "grace", "bound"),
     [
         (False, H, 24 * H, "proof"),
-        (False, 24 * H, 24 * H, "proof"),
+        (False, 24 * H - dt.timedelta(minutes=1), 24 * H, "proof"),
+        (False, 24 * H, 24 * H, "counter"),  # the API accepts a token 60 s past its exp: past the grace-period
         (False, 25 * H, 24 * H, "counter"),  # config refuses this; the verdict stays safe anyway
         (None, H, 24 * H, "counter"),  # upstream's default: extend=true
         (True, H, 24 * H, "counter"),
@@ -164,10 +165,12 @@ def test_bound_tokens(extend: Optional[bool], max_exp: Optional[dt.timedelta], g
 
 def test_bound_hints_are_settings_kube_apiserver_accepts() -> None:
     assert prune.bound_hint("proof", H) == ""
-    assert "service-account-extend-token-expiration=false" in prune.bound_hint("counter", 24 * H)
-    assert "max-token-expiration (1h to 1d)" in prune.bound_hint("unbounded", 24 * H)
+    counter = prune.bound_hint("counter", 24 * H)
+    assert "extend-token-expiration=false, with service-account-max-token-expiration at most 23h 59m" in counter
+    assert "max-token-expiration (1h to 23h 59m)" in prune.bound_hint("unbounded", 24 * H)
     short = prune.bound_hint("unbounded", dt.timedelta(seconds=5))  # never "set max-token-expiration to 5s"
-    assert "raise grace-period (5s) to at least 1h" in short
+    assert "raise grace-period (5s) to at least 1h 1m" in short
+    assert "raise grace-period (1h) to at least 1h 1m" in prune.bound_hint("counter", H)
 
 
 # --- the verdict
