@@ -36,6 +36,13 @@ class LockHeld(K3srotdError):
     exit_code = 4
 
 
+class NoSpace(StepFailed):
+    """A file k3srotd keeps could not be written: its filesystem is full (or out of quota, or read-only). What
+    the file was stays as it was (writes are atomic); a step under way rolls back."""
+
+    exit_code = 1
+
+
 class RollbackFailed(StepFailed):
     """The step failed and putting the old keys back failed too: a human must act."""
 

@@ -35,7 +35,7 @@ from k3srotd.core.model import ts
 from k3srotd.core.ports import Log
 from k3srotd.engine import session as engine
 from k3srotd.engine.coordinator import Run
-from k3srotd.errors import ConfigError, K3srotdError, LockHeld, RollbackFailed, SafetyRefusal, StepFailed
+from k3srotd.errors import ConfigError, K3srotdError, LockHeld, NoSpace, RollbackFailed, SafetyRefusal, StepFailed
 from k3srotd.output import logs
 from k3srotd.output.notify import Notifier, watchdog_interval
 
@@ -103,6 +103,12 @@ class Daemon:
                 self.log.warning("daemon.idle", msg=f"idle: {e}")
             self._status(f"idle: {e}")
             return now + self._idle_retry()
+        except NoSpace as e:  # a full state-dir: nothing to retry an hour for; look again once space may be back
+            retry = self._idle_retry()
+            if self.status_line != f"no space: {e}":
+                self.log.error("daemon.no-space", msg=f"{e}; trying again every {format_duration(retry)}")
+            self._status(f"no space: {e}")
+            return now + retry
         except StepFailed as e:
             self.retry_after = now + RETRY_AFTER
             self._status(f"last step failed ({e}); retry after {ts(self.retry_after)}")

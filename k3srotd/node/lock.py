@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Optional
 
 from k3srotd.errors import LockHeld
-from k3srotd.node.store import ensure_private_dir
+from k3srotd.node.store import NO_ROOM, ensure_private_dir
 
 WHAT_TO_DO = "wait for it to finish, or stop it (systemctl stop k3srotd) for a manual step"
 
@@ -58,9 +58,14 @@ class Lock:
             os.close(fd)
             self.release()
             raise LockHeld(f"{self.path}: another k3srotd (pid {holder[:20]}) is working; " + WHAT_TO_DO) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as e:  # the pid only tells a second k3srotd who holds the lock; a full disk must not stop us
+            if e.errno not in NO_ROOM:
+                self.release()
+                raise
 
     def release(self) -> None:
         for name in ("_fd", "_dir_fd"):

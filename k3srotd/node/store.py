@@ -14,7 +14,7 @@ from typing import Any, Callable, Generic, Optional, TypeVar
 
 from k3srotd.core.model import VERSION, State
 from k3srotd.core.text import cut
-from k3srotd.errors import ConfigError, SafetyRefusal
+from k3srotd.errors import ConfigError, NoSpace, SafetyRefusal
 
 T = TypeVar("T")
 
@@ -32,8 +32,26 @@ def ensure_private_dir(path: Path) -> None:
         os.chmod(path, 0o700)
 
 
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def no_room(path: Path, e: OSError) -> NoSpace:
+    """The one line for a full (or read-only) filesystem under a file k3srotd keeps."""
+    return NoSpace(f"{path}: cannot be written ({e.strerror}); the file is as it was. Free space in {path.parent}")
+
+
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write temp + fsync + rename + fsync(dir): the file is either the old or the new one, never half."""
+    """Write temp + fsync + rename + fsync(dir): the file is either the old or the new one, never half. A full
+    filesystem is a NoSpace naming the file, not an unexpected OSError."""
+    try:
+        _write_atomic(path, data, mode)
+    except OSError as e:
+        if e.errno in NO_ROOM:
+            raise no_room(path, e) from None
+        raise
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     try:
