@@ -41,6 +41,7 @@ from k3srotd.cluster.link import API_RETRY, LOOK_SECONDS, TURN_POLL, TURN_WAIT, 
 from k3srotd.config import Config
 from k3srotd.core.clock import Clock
 from k3srotd.core.cluster import ANN, RESTART_LEASE, STEP_LEASE, TOKENS_LEASE, Step, micro, parse_time
+from k3srotd.core.durations import format_duration
 from k3srotd.core.model import Intent, State, ts
 from k3srotd.core.ports import Log
 from k3srotd.core.rollout import awaited, direct_refused, join_refusal, not_serving, out_of_step
@@ -154,8 +155,9 @@ class ClusterCoordinator:
             if self.run.background:
                 raise Waiting(text)
             if clock.monotonic() >= limit:
+                timeout = format_duration(self.follower.cfg.restart_timeout)
                 raise SafetyRefusal(
-                    f"{step} refused: after restart-timeout ({self.follower.cfg.restart_timeout}) not every other "
+                    f"{step} refused: after restart-timeout ({timeout}) not every other "
                     f"server is up and serving: {down}; nothing was changed. Start K3s there (or its k3srotd) "
                     "and try again"
                 )
@@ -252,9 +254,17 @@ class ClusterCoordinator:
 
     @contextlib.contextmanager
     def my_turn(self, step: str) -> Iterator[None]:
+        """The driver's restart turn. The step is uploaded by now: a server that went down after the step began
+        is seen only here, and a turn that would take the cluster below quorum waits for it up to restart-timeout;
+        then the step fails and is rolled back (nothing restarted here yet: the rollback only puts the datastore
+        back). A rollback's own turn waits without a bound: it must not fail for the same reason."""
         cur = self.current
         what = f"{self.me}'s restart onto {step}" + (f" ({cur.id})" if cur else "")
-        self.link.take_restart_lease(what, None)
+        timeout = self.follower.cfg.restart_timeout
+        bound = None if step == "rollback" else timeout.total_seconds()
+        why = self.link.take_restart_lease(what, None, gate_limit=bound)
+        if why is not None:
+            raise VerifyFailed(f"{why}; waited restart-timeout ({format_duration(timeout)}) without restarting here")
         try:
             yield
         finally:

@@ -88,6 +88,16 @@ class Link:
             return "every other server must be up and serving first: " + ", ".join(down)
         return join_wait(step, reports, self.me)
 
+    def _down_besides(self, holder: Optional[str]) -> bool:
+        """Whether a server other than this one and the restart lease's holder (down for its own turn) is down.
+        An API error counts as down: the wait it bounds is the one that may not go on forever."""
+        try:
+            servers, _, reports = self.picture()
+        except APIError:
+            return True
+        down = not_serving([s for s in servers if s.name != holder], reports, self.me, self.clock.now(), False)
+        return bool(down)
+
     def say(self, event: str, text: str, level: str = "info") -> None:
         """Log `text` once per change (the daemon looks every second; the log should not)."""
         if self.book.load().get("said") == text:
@@ -118,9 +128,15 @@ class Link:
         lease = self.cluster.report(new)
         self.mine = Report.from_lease(lease)
 
-    def take_restart_lease(self, what: str, limit: Optional[float]) -> Optional[str]:
-        """None once this server holds k3srotd-restart; else why not, after waiting up to `limit` seconds."""
+    def take_restart_lease(
+        self, what: str, limit: Optional[float], gate_limit: Optional[float] = None
+    ) -> Optional[str]:
+        """None once this server holds k3srotd-restart; else why not, after waiting up to `limit` seconds, or
+        after the restart gate (another server down) refused for `gate_limit` seconds in a row. Waiting for a
+        server that restarts (the lease held) does not count toward `gate_limit`: that is a turn, not a fault."""
         start = self.clock.monotonic()
+        gated: Optional[float] = None  # since when the gate refuses without a break
+        refused = ""  # what the gate said last
         while True:
             try:
                 self.cluster.acquire(RESTART_LEASE)
@@ -128,12 +144,20 @@ class Link:
                 if gate is None:
                     return None
                 self.release(RESTART_LEASE)
-                why = f"{what} waits: {gate}"
-            except (Held, APIError) as h:
+                why = refused = f"{what} waits: {gate}"
+                gated = self.clock.monotonic() if gated is None else gated
+            except Held as h:
                 why = f"{what} waits for its turn: {h}"
-            waited = self.clock.monotonic() - start
-            if limit is not None and waited >= limit:
+                if gate_limit is not None and not self._down_besides(h.lease.holder):
+                    gated = None  # a turn of another server, not a fault: the clock starts again
+            except APIError as h:
+                why = f"{what} waits for its turn: {h}"
+            now = self.clock.monotonic()
+            if limit is not None and now - start >= limit:
                 return why
+            if gate_limit is not None and gated is not None and now - gated >= gate_limit:
+                return refused or why
+            waited = now - start
             self.say("rolling.turn", why)
             if self.progress is not None:
                 self.progress(why, waited)

@@ -328,3 +328,39 @@ def test_a_driver_killed_mid_step_finishes_or_undoes_it_on_the_next_run(cluster:
     assert st["phase"] == "promoted" and st["signer_kid"] != old
     for n in cluster:
         assert n.server.jwks_kids() == [st["signer_kid"], old], n.name
+
+
+def test_a_server_that_goes_down_after_the_step_began_fails_it_and_it_is_rolled_back(cluster: Cluster) -> None:
+    """Issue 11: server-2's K3s stops after the step's start check passed, while the upload is under way (a slow
+    rotate-ca). The driver's restart turn would take the cluster below quorum: it waits up to restart-timeout,
+    then the step fails and is rolled back. Nothing restarts anywhere, and server-2 comes back on the old set."""
+    a, b, c = cluster
+    old = a.server.signer_kid()
+    for n in cluster:
+        n.start_daemon()
+    wait_until("every daemon reports", lambda: _reported(cluster, "server-0", "server-1", "server-2"))
+    a.stop_daemon()
+    pids = [a.server.pid, b.server.pid]
+    before = a.server.datastore_kids()
+    a.write_config(restart_timeout="12s")
+    a.server.set_faults({"slow_api": {"seconds": 6, "path": "/v1-k3s/cert/cacerts"}})
+    log = a.root / "rotate-now.log"
+    proc = a.start_bg("rotate-now", log=log)
+    try:
+        wait_until("server-0 takes the step", lambda: _holder(cluster, "k3srotd-step")[0] == "server-0", every=0.05)
+        c.server.stop()
+        assert _finish(proc, timeout=120) == 1, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert "every other server must be up and serving first: server-2" in text, text
+    assert "waited restart-timeout (12s) without restarting here" in text
+    assert "the previous key set was restored" in text and "rollback.failed" not in text
+    assert [a.server.pid, b.server.pid] == pids, "a server restarted while another was down"
+    assert a.server.datastore_kids() == before and a.server.signer_kid() == old
+    assert _holder(cluster, "k3srotd-restart")[0] != "server-0"
+
+    a.server.set_faults({})
+    c.server.start()  # back on the datastore's set: the one before the step
+    assert c.server.jwks_kids() == a.server.jwks_kids()
