@@ -41,7 +41,23 @@ def _skew_clock(path: str) -> None:
     clock.Clock.now = now  # type: ignore[method-assign]
 
 
+def _coverage() -> None:
+    """Under `pytest --cov`: measure this process, and none of its children (the emulator's scripts: the test
+    harness keeps coverage's variables aside for that reason, tests/k3semu/env.py)."""
+    names = ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START")
+    aside = {n: os.environ.pop("K3SROTD_TEST_" + n, None) for n in names}
+    if not any(aside.values()):
+        return
+    os.environ.update({n: v for n, v in aside.items() if v})
+    import coverage
+
+    coverage.process_startup()
+    for n in names:
+        os.environ.pop(n, None)
+
+
 def main() -> None:
+    _coverage()
     from k3srotd import cli
     from k3srotd.engine.coordinator import Run
 
