@@ -62,6 +62,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("nspawn") or "nspawn" in item.path.parts:
             item.add_marker(pytest.mark.xdist_group("nspawn"))
+        if {"cluster", "chaos"} & set(item.path.parts):
+            item.add_marker(pytest.mark.cluster)
 
 
 # --- end of parallel runs ---

@@ -39,6 +39,20 @@ def _data(entry: dict[str, Any], key: str, base: Path) -> Optional[bytes]:
     return None
 
 
+# Loaded kubeconfigs, by path: (its stat when read, the TLS context, the token). A command or a daemon's look makes
+# a dozen clients; loading the certificates each time cost ~20 ms apiece. K3s rewrites the file at each start,
+# which changes its stat, so it is read again then.
+_LOADED: dict[str, tuple[tuple[int, int, int], ssl.SSLContext, Optional[str]]] = {}
+
+
+def _stamp(path: Path) -> Optional[tuple[int, int, int]]:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 class KubeAPI:
     def __init__(self, kubeconfig: str, server_url: str, timeout: float = 10.0) -> None:
         self.kubeconfig = kubeconfig
@@ -50,9 +64,20 @@ class KubeAPI:
     def _context(self) -> ssl.SSLContext:
         if self._ctx is not None:
             return self._ctx
+        path = Path(self.kubeconfig)
+        stamp = _stamp(path)
+        cached = _LOADED.get(self.kubeconfig)
+        if stamp is not None and cached is not None and cached[0] == stamp:
+            self._ctx, self._token = cached[1], cached[2]
+            return cached[1]
+        ctx = self._read(path)
+        if stamp is not None and stamp == _stamp(path):  # unchanged while it was read: whole, as loaded
+            _LOADED[self.kubeconfig] = (stamp, ctx, self._token)
+        return ctx
+
+    def _read(self, path: Path) -> ssl.SSLContext:
         import yaml
 
-        path = Path(self.kubeconfig)
         # K3s rewrites its kubeconfig in place at every start: a read may see half of it, so a file that does not
         # parse, or whose certificates do not load, is read again for up to KUBECONFIG_RETRY seconds
         deadline = time.monotonic() + KUBECONFIG_RETRY
