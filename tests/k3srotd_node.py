@@ -10,8 +10,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
+import pytest
 import yaml
 from k3semu.harness import K3S_BIN, EmulatedServer, subprocess_env
 
@@ -109,3 +110,22 @@ class Node:
 
 def mode(p: Path) -> int:
     return os.stat(p).st_mode & 0o777
+
+
+# --- fixtures the test folders share (each conftest imports them)
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    """An emulated K3s server with a k3srotd config pointing at it; the server is stopped at teardown."""
+    server = EmulatedServer(tmp_path / "k3s")
+    server.start()
+    try:
+        yield Node(tmp_path, server)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def no_stray_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No config path or crash point from the developer's shell reaches a test's k3srotd."""
+    monkeypatch.delenv("K3SROTD_CONFIG", raising=False)
+    monkeypatch.delenv("K3SROTD_TEST_CRASH_AT", raising=False)

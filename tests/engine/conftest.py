@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Iterator
-
 import pytest
-from k3semu.harness import EmulatedServer
-from k3srotd_node import Node
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    server = EmulatedServer(tmp_path / "k3s")
-    server.start()
-    try:
-        yield Node(tmp_path, server)
-    finally:
-        server.stop()
+from k3srotd_node import no_stray_env as no_stray_env
+from k3srotd_node import node as node
 
 
 @pytest.fixture(autouse=True)
-def _no_stray_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("K3SROTD_CONFIG", raising=False)
-    monkeypatch.delenv("K3SROTD_TEST_CRASH_AT", raising=False)
+def _no_stray_env(no_stray_env: None) -> None:
+    return None

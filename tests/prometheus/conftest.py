@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-from k3semu.harness import EmulatedServer
-from k3srotd_node import Node
+from k3srotd_node import node as node
 
 from prometheus import promtool as fetch
 
@@ -19,13 +17,3 @@ def promtool() -> Path:
     if tool is None:
         pytest.skip(fetch.why_not())
     return tool
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    server = EmulatedServer(tmp_path / "k3s")
-    server.start()
-    try:
-        yield Node(tmp_path, server)
-    finally:
-        server.stop()
