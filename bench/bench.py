@@ -81,6 +81,7 @@ def bench_step() -> None:
     """The engine's own time in a step: all but rotate-ca, the restart and its wait, and key generation."""
     from k3srotd import config
     from k3srotd.commands import rotate_now as commands
+    from k3srotd.commands.common import Manual
     from k3srotd.core import keys
     from k3srotd.engine.restart import Restarter
     from k3srotd.node.k3s import K3s
@@ -110,7 +111,7 @@ def bench_step() -> None:
             for _ in range(5):
                 outside["t"] = 0.0
                 t = time.perf_counter()
-                commands.rotate_now(cfg, log, None, None, True, False)  # publish + promote: two steps
+                commands.rotate_now(Manual(cfg, log), True, False)  # publish + promote: two steps
                 samples.append((time.perf_counter() - t - outside["t"]) / 2)
         finally:
             node.server.stop()

@@ -15,6 +15,7 @@ import click
 from k3srotd import __version__
 
 if TYPE_CHECKING:  # types only: `k3srotd --version` imports nothing more than click
+    from k3srotd.commands.common import Manual
     from k3srotd.config import Config
     from k3srotd.core.ports import Log
     from k3srotd.engine.coordinator import Run
@@ -52,6 +53,14 @@ class Ctx:
         from k3srotd.output import logs
 
         return logs.configure(self.log_format or self.cfg.log_format)
+
+    def manual(self) -> Manual:
+        """A manual command's start: the log, the event sinks (metrics, hooks) and the progress line."""
+        from k3srotd.commands.common import Manual
+        from k3srotd.engine.coordinator import Run
+
+        log = self.logger()
+        return Manual(self.cfg, log, _events(self, log), _progress(log), self.run or Run())
 
 
 @click.group(context_settings=CONTEXT)
@@ -114,8 +123,7 @@ def rotate_now(obj: Ctx, dry_run: bool, skip_publish_wait: bool, ignore_window: 
     if dry_run:
         command.rotate_now_dry_run(obj.cfg, skip_publish_wait)
         return
-    log = obj.logger()
-    command.rotate_now(obj.cfg, log, _events(obj, log), _progress(log), skip_publish_wait, ignore_window, run=obj.run)
+    command.rotate_now(obj.manual(), skip_publish_wait, ignore_window)
 
 
 @cli.command()
@@ -141,8 +149,7 @@ def prune(obj: Ctx, dry_run: bool, force: bool, yes: bool, ignore_window: bool, 
     if dry_run:
         command.prune_dry_run(obj.cfg, force)
         return
-    log = obj.logger()
-    command.prune(obj.cfg, log, _events(obj, log), _progress(log), force, yes, ignore_window, _confirm, run=obj.run)
+    command.prune(obj.manual(), force, yes, ignore_window, _confirm)
 
 
 @cli.command()
@@ -153,8 +160,7 @@ def rollback(obj: Ctx, yes: bool, ignore_window: bool) -> None:
     """Put back the key set that was live before the last completed step; asks first unless --yes."""
     from k3srotd.commands import rollback as command
 
-    log = obj.logger()
-    command.rollback(obj.cfg, log, _events(obj, log), _progress(log), yes, ignore_window, _confirm, run=obj.run)
+    command.rollback(obj.manual(), yes, ignore_window, _confirm)
 
 
 @cli.command()
@@ -170,8 +176,7 @@ def rehearse(obj: Ctx, yes: bool, ignore_window: bool) -> None:
     """
     from k3srotd.commands import rehearse as command
 
-    log = obj.logger()
-    command.rehearse(obj.cfg, log, _events(obj, log), _progress(log), yes, ignore_window, _confirm, run=obj.run)
+    command.rehearse(obj.manual(), yes, ignore_window, _confirm)
 
 
 @cli.command()

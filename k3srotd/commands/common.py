@@ -4,6 +4,7 @@ does: a step under way runs to its end (or its rollback) first, then the command
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import signal
 from typing import Any, Callable, Iterator, Optional
@@ -12,12 +13,41 @@ from k3srotd.config import Config
 from k3srotd.core import keys
 from k3srotd.core.clock import Clock
 from k3srotd.core.durations import format_duration
+from k3srotd.core.ports import Log
+from k3srotd.engine.coordinator import Run
+from k3srotd.engine.executor import Events
 from k3srotd.engine.restart import Progress
 from k3srotd.engine.session import Session
 from k3srotd.errors import Terminated
 from k3srotd.node.k3s import K3s
 
 Confirm = Callable[[str], bool]
+
+
+@dataclasses.dataclass(frozen=True)
+class Manual:
+    """What every manual command starts from: the config, the log, the CLI's event and progress sinks, the clock,
+    and how it was run (the tests' crash point and leases ride in `run`)."""
+
+    cfg: Config
+    log: Log
+    events: Optional[Events] = None
+    progress: Optional[Progress] = None
+    run: Run = dataclasses.field(default_factory=Run)
+    clock: Clock = dataclasses.field(default_factory=Clock)
+
+    def session(self, ignore_window: bool, retry_failed_rollback: bool = False) -> Session:
+        """The command's session; with --ignore-window the other servers restart at once too."""
+        run = dataclasses.replace(self.run, ignore_window=ignore_window)
+        return Session(
+            self.cfg,
+            self.clock,
+            self.log,
+            self.events,
+            self.progress,
+            retry_failed_rollback=retry_failed_rollback,
+            run=run,
+        )
 
 
 def refuse_other_rotator(cfg: Config, k3s: K3s, what: str) -> None:

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from typing import Optional
 
 import click
 
-from k3srotd.commands.common import Confirm, Stop, refuse_other_rotator, summary
+from k3srotd.commands.common import Confirm, Manual, Stop, refuse_other_rotator, summary
 from k3srotd.config import Config
 from k3srotd.core import keys, planner
 from k3srotd.core import prune as core_prune
 from k3srotd.core.clock import Clock
 from k3srotd.core.model import State
-from k3srotd.core.ports import Log
 from k3srotd.engine import session as engine
-from k3srotd.engine.coordinator import Run
-from k3srotd.engine.executor import Events
-from k3srotd.engine.restart import Progress
 from k3srotd.errors import SafetyRefusal
 from k3srotd.node.k3s import K3s
 
@@ -31,24 +26,10 @@ def _refuse_grace(cfg: Config, state: State, live: keys.KeyFile) -> SafetyRefusa
     return SafetyRefusal(core_prune.grace_refusal(live.path, planner.retired(state, live), cfg.grace_period))
 
 
-def prune(
-    cfg: Config,
-    log: Log,
-    events: Optional[Events],
-    progress: Optional[Progress],
-    force: bool,
-    yes: bool,
-    ignore_window: bool,
-    confirm: Confirm,
-    clock: Optional[Clock] = None,
-    run: Optional[Run] = None,
-) -> None:
-    clock = clock or Clock()
+def prune(m: Manual, force: bool, yes: bool, ignore_window: bool, confirm: Confirm) -> None:
+    cfg, clock = m.cfg, m.clock
     refuse_other_rotator(cfg, K3s(cfg), "prune")
-    session = engine.Session(
-        cfg, clock, log, events, progress, run=dataclasses.replace(run or Run(), ignore_window=ignore_window)
-    )
-    with Stop().around(session) as s:
+    with Stop().around(m.session(ignore_window)) as s:
         s.catch_up()  # a cluster: this server's part of another server's step first
         data, live, obs = s.observe()
         if obs.adopted:

@@ -5,42 +5,21 @@ identity checks work, before the first step that changes a key. It rolls back an
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Optional
-
 import click
 
-from k3srotd.commands.common import Confirm, Stop, refuse_other_rotator, summary
-from k3srotd.config import Config
-from k3srotd.core.clock import Clock
-from k3srotd.core.ports import Log
+from k3srotd.commands.common import Confirm, Manual, Stop, refuse_other_rotator, summary
 from k3srotd.engine import session as engine
-from k3srotd.engine.coordinator import Run
-from k3srotd.engine.executor import Events
-from k3srotd.engine.restart import Progress
 from k3srotd.node.k3s import K3s
 
 
-def rehearse(
-    cfg: Config,
-    log: Log,
-    events: Optional[Events],
-    progress: Optional[Progress],
-    yes: bool,
-    ignore_window: bool,
-    confirm: Confirm,
-    clock: Optional[Clock] = None,
-    run: Optional[Run] = None,
-) -> None:
+def rehearse(m: Manual, yes: bool, ignore_window: bool, confirm: Confirm) -> None:
     from k3srotd.identity import gates
 
-    clock = clock or Clock()
+    cfg, clock = m.cfg, m.clock
     k3s = K3s(cfg)
     gates.require_usable_issuer(cfg, k3s)  # the same refusals as a real step, before any change
     refuse_other_rotator(cfg, k3s, "rehearse")
-    run = dataclasses.replace(run or Run(), ignore_window=ignore_window)
-    session = engine.Session(cfg, clock, log, events, progress, run=run)
-    with Stop().around(session) as s:
+    with Stop().around(m.session(ignore_window)) as s:
         s.catch_up()  # a cluster: this server's part of another server's step first
         if s.executor.resumed is not None and s.executor.resumed[0] == "rehearse":
             _, live, _ = s.read_live()

@@ -2,38 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Optional
-
 import click
 
-from k3srotd.commands.common import Confirm, Stop, summary
-from k3srotd.config import Config
-from k3srotd.core.clock import Clock
+from k3srotd.commands.common import Confirm, Manual, Stop, summary
 from k3srotd.core.model import ts
-from k3srotd.core.ports import Log
 from k3srotd.engine import session as engine
-from k3srotd.engine.coordinator import Run
-from k3srotd.engine.executor import Events
-from k3srotd.engine.restart import Progress
 from k3srotd.errors import SafetyRefusal
 
 
-def rollback(
-    cfg: Config,
-    log: Log,
-    events: Optional[Events],
-    progress: Optional[Progress],
-    yes: bool,
-    ignore_window: bool,
-    confirm: Confirm,
-    clock: Optional[Clock] = None,
-    run: Optional[Run] = None,
-) -> None:
-    clock = clock or Clock()
-    run = dataclasses.replace(run or Run(), ignore_window=ignore_window)
-    session = engine.Session(cfg, clock, log, events, progress, retry_failed_rollback=True, run=run)
-    with Stop().around(session) as s:
+def rollback(m: Manual, yes: bool, ignore_window: bool, confirm: Confirm) -> None:
+    cfg, clock = m.cfg, m.clock
+    with Stop().around(m.session(ignore_window, retry_failed_rollback=True)) as s:
         if s.executor.resumed == ("rollback", "finished"):
             _, live, _ = s.read_live()
             click.echo("finished the rollback an earlier k3srotd left; " + summary(live, s.phase(live)))

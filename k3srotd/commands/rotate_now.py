@@ -3,45 +3,29 @@ publish-wait, the promote gate, promote; direct: rotate), and its dry run from t
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Optional
 
 import click
 
-from k3srotd.commands.common import Stop, refuse_other_rotator, summary, wait_until
+from k3srotd.commands.common import Manual, Stop, refuse_other_rotator, summary, wait_until
 from k3srotd.config import Config
 from k3srotd.core import keys, planner
 from k3srotd.core.clock import Clock
 from k3srotd.core.model import ts
-from k3srotd.core.ports import Log
 from k3srotd.engine import session as engine
-from k3srotd.engine.coordinator import Run
-from k3srotd.engine.executor import Events
-from k3srotd.engine.restart import Progress
 from k3srotd.errors import LockHeld, SafetyRefusal
 from k3srotd.node.k3s import K3s
 
 
-def rotate_now(
-    cfg: Config,
-    log: Log,
-    events: Optional[Events],
-    progress: Optional[Progress],
-    skip_publish_wait: bool,
-    ignore_window: bool,
-    clock: Optional[Clock] = None,
-    run: Optional[Run] = None,
-) -> None:
-    clock = clock or Clock()
+def rotate_now(m: Manual, skip_publish_wait: bool, ignore_window: bool) -> None:
     from k3srotd.identity import gates
 
+    cfg, clock = m.cfg, m.clock
     gates.require_usable_issuer(cfg, K3s(cfg))  # verify-issuer true, no usable issuer: refused before any change
     refuse_other_rotator(cfg, K3s(cfg), "rotate-now")
     stop = Stop()
-    run = dataclasses.replace(run or Run(), ignore_window=ignore_window)
     gate_poll = cfg.issuer_poll.total_seconds()
-    session = engine.Session(cfg, clock, log, events, progress, run=run)
-    with stop.around(session) as s:
+    with stop.around(m.session(ignore_window)) as s:
         if cfg.strategy == "direct":
             s.coordinator.refuse_direct()  # a cluster: staged only
         s.catch_up()  # a cluster: this server's part of another server's step first
