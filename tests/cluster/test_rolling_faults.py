@@ -29,6 +29,14 @@ def _reported(cluster: Cluster, *names: str) -> bool:
     return {f"k3srotd-node-{n}" for n in names} <= {k.split("/")[1] for k in cluster.leases()}
 
 
+def _daemons_reported_server0_by_hand(cluster: Cluster) -> None:
+    """Every server's daemon reports once; then server-0's stops, so that server-0's steps are run by hand."""
+    for n in cluster:
+        n.start_daemon()
+    wait_until("every daemon reports", lambda: _reported(cluster, *(n.name for n in cluster)))
+    cluster[0].stop_daemon()
+
+
 def _finish(proc: subprocess.Popen, timeout: float = 240) -> int:
     return proc.wait(timeout=timeout)
 
@@ -101,10 +109,7 @@ def test_a_step_waits_while_a_server_is_down_then_refuses_with_nothing_changed(c
     down and etcd loses its quorum); it waits, says for whom, and after restart-timeout refuses (exit 3)."""
     a, b, c = cluster
     old = a.server.signer_kid()
-    for n in cluster:
-        n.start_daemon()
-    wait_until("every daemon reports", lambda: _reported(cluster, "server-0", "server-1", "server-2"))
-    a.stop_daemon()
+    _daemons_reported_server0_by_hand(cluster)
     c.server.stop()  # server-2's K3s stops; its k3srotd keeps running (and reporting what it can)
     # already down: status shows it so before the step (its Node's grace, or its identity Lease, has run out)
     wait_until("server-2 seen down", lambda: re.search(r"^not serving +server-2", a.ok("status").stdout, re.M))
@@ -129,10 +134,7 @@ def test_a_step_waits_while_a_server_is_down_then_refuses_with_nothing_changed(c
 def test_a_server_cut_off_from_the_api_does_nothing_and_says_so(cluster: Cluster) -> None:
     a, _, c = cluster
     old = a.server.signer_kid()
-    for n in cluster:
-        n.start_daemon()
-    wait_until("every daemon reports", lambda: _reported(cluster, "server-0", "server-1", "server-2"))
-    a.stop_daemon()
+    _daemons_reported_server0_by_hand(cluster)
     c.stop_daemon()
     closed = _closed_port()
     c.write_config(k3s_server_url=f"https://127.0.0.1:{closed}")
@@ -336,10 +338,7 @@ def test_a_server_that_goes_down_after_the_step_began_fails_it_and_it_is_rolled_
     then the step fails and is rolled back. Nothing restarts anywhere, and server-2 comes back on the old set."""
     a, b, c = cluster
     old = a.server.signer_kid()
-    for n in cluster:
-        n.start_daemon()
-    wait_until("every daemon reports", lambda: _reported(cluster, "server-0", "server-1", "server-2"))
-    a.stop_daemon()
+    _daemons_reported_server0_by_hand(cluster)
     pids = [a.server.pid, b.server.pid]
     before = a.server.datastore_kids()
     a.write_config(restart_timeout="12s")
