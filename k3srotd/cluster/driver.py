@@ -21,7 +21,9 @@ Failure policy (applied here):
 - A server that fails its restart reports it; the driver rolls the whole cluster back (a rollback is published
   like any step, and the others restart onto it).
 - Servers are counted by kube-apiserver (core.rollout.members). A step starts, and each restart begins, only while
-  every other server is up (not_serving); a server down mid-step is waited for without a time limit.
+  every other server is up (not_serving). A server down at the driver's own restart turn (nothing restarted yet) is
+  waited for up to restart-timeout, then the step is rolled back; once the driver has restarted, a server down is
+  waited for without a time limit.
 - A server that cannot reach the API does nothing: no lease, so no restart and no step (and says so).
 - A lease holder that died blocks the others for one lease duration at most.
 """
